@@ -1,0 +1,1 @@
+"""Training extras of wsdm (`pip install wsdm[train]`): prepare, teachers, distillation, merge, quantize."""
