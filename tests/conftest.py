@@ -1,0 +1,51 @@
+"""Shared fixtures: the real Qwen2.5 tokenizer, real arena rows, and tiny random Qwen2 models."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).parent / "assets"
+TOKENIZER_DIR = ASSETS / "qwen2.5-tokenizer"
+ARENA_SAMPLE = ASSETS / "arena_hard_sample.parquet"
+PANDALM_TRAIN = ASSETS / "pandalm_train.parquet"
+PANDALM_LMSYS = ASSETS / "pandalm_lmsys_format.csv"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Qwen2 judge with the real tokenizer; weights large enough for varied scores."""
+    from wsdm_serve.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", TOKENIZER_DIR, seed=0, init_std=0.5)
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path) -> Path:
+    """A private copy of the tiny model that a test may break."""
+    return Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+
+
+def console_script(name: str) -> str:
+    """Path of an installed console script (tests exercise the real entry points)."""
+    found = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(found).exists():
+        pytest.fail(f"console script {name} is not installed; run `pip install -e .[dev]`")
+    return found
+
+
+def run_cli(name: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [console_script(name), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
