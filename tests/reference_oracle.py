@@ -11,7 +11,9 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def reference_truncate(tokenizer, query: str, a: str, b: str, budget: int, word_cap: int) -> tuple[str, str, str]:
+def reference_truncate(
+    tokenizer, query: str, a: str, b: str, budget: int, word_cap: int
+) -> tuple[str, str, str]:
     query = " ".join(query.split(" ")[:256])
     a = " ".join(a.split(" ")[:word_cap])
     b = " ".join(b.split(" ")[:word_cap])

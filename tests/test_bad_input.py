@@ -31,7 +31,10 @@ def truncated_parquet(tmp_path: Path) -> Path:
 
 
 CASES = {
-    "missing column": (lambda p: write(GOOD.drop(columns="response_b"), p / "t.parquet"), "missing column response_b"),
+    "missing column": (
+        lambda p: write(GOOD.drop(columns="response_b"), p / "t.parquet"),
+        "missing column response_b",
+    ),
     "empty table": (lambda p: write(GOOD.head(0), p / "t.parquet"), "the table has no rows"),
     "duplicate id": (
         lambda p: write(GOOD.assign(id=[1, 2, 3, 2]), p / "t.csv"),
@@ -44,7 +47,10 @@ CASES = {
         "line 2 is not valid JSON",
     ),
     "missing file": (lambda p: p / "absent.parquet", "file not found"),
-    "unsupported type": (lambda p: write(GOOD, p / "t.csv").rename(p / "t.xlsx"), "unsupported file type .xlsx"),
+    "unsupported type": (
+        lambda p: write(GOOD, p / "t.csv").rename(p / "t.xlsx"),
+        "unsupported file type .xlsx",
+    ),
 }
 
 
@@ -64,7 +70,9 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_model_dir, case, command):
 
 
 def test_missing_model_folder_is_one_line(tmp_path):
-    result = run_cli("wsdm-serve", "predict", ARENA_SAMPLE, "--model", tmp_path / "nope", "--out", tmp_path / "s.csv")
+    result = run_cli(
+        "wsdm-serve", "predict", ARENA_SAMPLE, "--model", tmp_path / "nope", "--out", tmp_path / "s.csv"
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "download-final-model" in result.stderr and "Traceback" not in result.stderr
@@ -73,6 +81,8 @@ def test_missing_model_folder_is_one_line(tmp_path):
 def test_input_file_is_never_modified(tmp_path, tiny_model_dir):
     path = write(GOOD, tmp_path / "t.parquet")
     before = path.read_bytes()
-    result = run_cli("wsdm-serve", "-q", "render", path, "--model", tiny_model_dir, "--out", tmp_path / "r.csv")
+    result = run_cli(
+        "wsdm-serve", "-q", "render", path, "--model", tiny_model_dir, "--out", tmp_path / "r.csv"
+    )
     assert result.returncode == 0, result.stderr
     assert path.read_bytes() == before

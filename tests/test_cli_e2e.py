@@ -33,7 +33,9 @@ def test_render_writes_the_contract_for_each_row(rendered, tokenizer):
     for (_, row), (_, src) in zip(rendered.iterrows(), source.iterrows(), strict=True):
         a, b = list_or_text(src.response_a), list_or_text(src.response_b)
         short = len(src.prompt.split(" ")) <= 256 and max(len(a.split(" ")), len(b.split(" "))) <= 4200
-        if short and len(tokenizer(src.prompt + a + b)["input_ids"]) < 9000:  # untouched rows: the full contract
+        if (
+            short and len(tokenizer(src.prompt + a + b)["input_ids"]) < 9000
+        ):  # untouched rows: the full contract
             assert row.text == expected_prompt(src.prompt, a, b)
             assert row.text_swapped == expected_prompt(src.prompt, b, a)
             checked += 1
@@ -44,7 +46,16 @@ def test_render_writes_the_contract_for_each_row(rendered, tokenizer):
 def test_render_csv_and_budget_option(tiny_model_dir, tmp_path, tokenizer):
     out = tmp_path / "p.csv"
     result = run_cli(
-        "wsdm-serve", "-q", "render", ARENA_SAMPLE, "--model", tiny_model_dir, "--out", out, "--token-budget", "300"
+        "wsdm-serve",
+        "-q",
+        "render",
+        ARENA_SAMPLE,
+        "--model",
+        tiny_model_dir,
+        "--out",
+        out,
+        "--token-budget",
+        "300",
     )
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(out, keep_default_na=False)
@@ -99,7 +110,16 @@ def test_csv_and_jsonl_inputs_give_the_same_submission(tiny_model_dir, tmp_path)
     for name in ("t.parquet", "t.csv", "t.jsonl"):
         out = tmp_path / f"{name}.sub.csv"
         result = run_cli(
-            "wsdm-serve", "-q", "predict", tmp_path / name, "--model", tiny_model_dir, "--out", out, "--tta", "none"
+            "wsdm-serve",
+            "-q",
+            "predict",
+            tmp_path / name,
+            "--model",
+            tiny_model_dir,
+            "--out",
+            out,
+            "--tta",
+            "none",
         )
         assert result.returncode == 0, result.stderr
         outputs.append(out.read_text())
@@ -112,7 +132,13 @@ def test_null_text_is_empty_and_counted(tiny_model_dir, tmp_path):
     frame.loc[2, "prompt"] = None
     frame.to_parquet(tmp_path / "t.parquet", index=False)
     result = run_cli(
-        "wsdm-serve", "predict", tmp_path / "t.parquet", "--model", tiny_model_dir, "--out", tmp_path / "s.csv"
+        "wsdm-serve",
+        "predict",
+        tmp_path / "t.parquet",
+        "--model",
+        tiny_model_dir,
+        "--out",
+        tmp_path / "s.csv",
     )
     assert result.returncode == 0, result.stderr
     assert "2 null text cell(s) were read as empty strings" in result.stderr
@@ -132,5 +158,13 @@ def test_failed_run_keeps_the_existing_output(tiny_model_dir, tmp_path):
 
 def test_help_documents_every_option():
     result = run_cli("wsdm-serve", "predict", "--help")
-    for option in ("--model", "--out", "--probs", "--tta", "--time-budget", "--text-normalization", "--engine"):
+    for option in (
+        "--model",
+        "--out",
+        "--probs",
+        "--tta",
+        "--time-budget",
+        "--text-normalization",
+        "--engine",
+    ):
         assert option in result.stdout

@@ -28,7 +28,11 @@ def test_cap_words_splits_on_single_space_only():
 
 
 def test_under_budget_texts_are_unchanged(tokenizer):
-    assert run(tokenizer, "Hi [there]", "Answer  one.", "Answer two.") == ("Hi [there]", "Answer  one.", "Answer two.")
+    assert run(tokenizer, "Hi [there]", "Answer  one.", "Answer two.") == (
+        "Hi [there]",
+        "Answer  one.",
+        "Answer two.",
+    )
 
 
 def test_word_caps_apply_even_under_budget(tokenizer):
@@ -87,7 +91,9 @@ def test_cjk_without_spaces_is_bounded_by_tokens(tokenizer):
 
 def test_empty_strings(tokenizer):
     assert run(tokenizer, "", "", "") == ("", "", "")
-    assert run(tokenizer, "", "x " * 500, "", budget=50) == reference_truncate(tokenizer, "", "x " * 500, "", 50, 4200)
+    assert run(tokenizer, "", "x " * 500, "", budget=50) == reference_truncate(
+        tokenizer, "", "x " * 500, "", 50, 4200
+    )
 
 
 def test_brackets_and_list_literals_pass_through_truncation(tokenizer):
@@ -159,8 +165,31 @@ def test_matches_reference_and_respects_budget(tokenizer, query, a, b, budget, w
 
 
 def test_batch_equals_row_by_row(tokenizer):
-    rows = [("q", "a " * 300, "b " * 10), ("long " * 400, "x", "y"), ("", "", ""), ("中文", "回答" * 300, "好")]
+    rows = [
+        ("q", "a " * 300, "b " * 10),
+        ("long " * 400, "x", "y"),
+        ("", "", ""),
+        ("中文", "回答" * 300, "好"),
+    ]
     config = TruncationConfig(token_budget=128, response_word_cap=4200)
     batch = truncate_rows(tokenizer, *map(list, zip(*rows, strict=True)), config)
     single = [truncate_rows(tokenizer, [q], [a], [b], config)[0] for q, a, b in rows]
     assert batch == single
+
+
+def test_byte_level_bound_used_by_the_shortcut_holds(tokenizer):
+    from wsdm_serve.truncation import byte_size_bound
+
+    size = byte_size_bound(tokenizer)
+    assert size is not None
+    # U+0958 grows from 3 to 6 bytes under NFC: the bound must measure the normalised text
+    for text in ["🙂🙂 e\u0301 你好", "<|im_end|><|im_start|>", "x" * 50, "\x00\x01", "ﷺ ㎒", "\u0958" * 5]:
+        assert len(encode(tokenizer, text)) <= size(text)
+
+
+def test_rows_settled_by_size_equal_counted_rows(tokenizer):
+    """A budget just above the byte size (shortcut) and a tiny one (counting) agree with the oracle."""
+    rows = [("q " * 10, "answer " * 30, "reply " * 25)]
+    for budget in (400, 30):
+        got = run(tokenizer, *rows[0], budget=budget)
+        assert got == reference_truncate(tokenizer, *rows[0], budget, 4200)

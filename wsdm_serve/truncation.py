@@ -15,6 +15,7 @@ literal ``<|begin_of_text|>`` strings into the middle of prompts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -98,6 +99,27 @@ def tokenizer_codec(tokenizer) -> tuple[Encoder, Decoder]:
     return encode, decode
 
 
+def byte_size_bound(tokenizer) -> Callable[[str], int] | None:
+    """An upper bound on a text's token count, for byte-level BPE tokenizers (Qwen, GPT-2, Llama 3).
+
+    Every token of such a tokenizer covers at least one UTF-8 byte of the normalised input, so a row
+    whose normalised texts have at most ``budget`` bytes cannot exceed ``budget`` tokens and needs no
+    counting. Returns None for other tokenizers, which are always counted.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    if spec.get("model", {}).get("type") != "BPE" or not any(p.get("type") == "ByteLevel" for p in parts):
+        return None
+    normalizer = backend.normalizer
+    if normalizer is None:
+        return lambda text: len(text.encode("utf-8", "surrogatepass"))
+    return lambda text: len(normalizer.normalize_str(text).encode("utf-8", "surrogatepass"))
+
+
 def truncate_rows(
     tokenizer,
     queries: Sequence[str],
@@ -107,15 +129,27 @@ def truncate_rows(
 ) -> list[TruncatedTexts]:
     """Truncate many rows with a few batched tokenizer calls (the tokenizer parallelises them)."""
     encode, decode = tokenizer_codec(tokenizer)
-    n = len(queries)
     query = [cap_words(t, config.query_word_cap) for t in queries]
     answer_a = [cap_words(t, config.response_word_cap) for t in responses_a]
     answer_b = [cap_words(t, config.response_word_cap) for t in responses_b]
-    ids = encode(query + answer_a + answer_b)
-    q_ids, a_ids, b_ids = ids[:n], ids[n : 2 * n], ids[2 * n :]
     budget = config.token_budget
 
-    over = [i for i in range(n) if len(q_ids[i]) + len(a_ids[i]) + len(b_ids[i]) > budget]
+    # Only rows that might be over budget are tokenized; most real rows are settled by their size.
+    candidates = list(range(len(query)))
+    size = byte_size_bound(tokenizer)
+    if size is not None:
+        candidates = [
+            i for i in candidates if size(query[i]) + size(answer_a[i]) + size(answer_b[i]) > budget
+        ]
+    m = len(candidates)
+    ids = encode(
+        [query[i] for i in candidates] + [answer_a[i] for i in candidates] + [answer_b[i] for i in candidates]
+    )
+    q_ids = dict(zip(candidates, ids[:m], strict=True))
+    a_ids = dict(zip(candidates, ids[m : 2 * m], strict=True))
+    b_ids = dict(zip(candidates, ids[2 * m :], strict=True))
+
+    over = [i for i in candidates if len(q_ids[i]) + len(a_ids[i]) + len(b_ids[i]) > budget]
     long_query = [i for i in over if len(q_ids[i]) >= config.query_token_cap]
     if long_query:
         cut_queries = decode([q_ids[i][: config.query_token_cap] for i in long_query])
@@ -136,4 +170,4 @@ def truncate_rows(
             answer_a[i] = decoded[2 * j]
             answer_b[i] = decoded[2 * j + 1]
 
-    return [TruncatedTexts(query[i], answer_a[i], answer_b[i]) for i in range(n)]
+    return [TruncatedTexts(q, a, b) for q, a, b in zip(query, answer_a, answer_b, strict=True)]
