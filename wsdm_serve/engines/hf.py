@@ -80,8 +80,12 @@ class HFEngine(ScoringEngine):
         )
         quantization = read_quantization(self.model_dir)
         try:
+            # device_map puts the weights straight onto the GPU instead of staging 28 GB in host memory
             model = AutoModelForCausalLM.from_pretrained(
-                self.model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code
+                self.model_dir,
+                dtype=self.dtype,
+                trust_remote_code=trust_remote_code,
+                device_map={"": self.device} if self.device.startswith("cuda") else None,
             )
         except Exception as exc:  # noqa: BLE001 - turn loader failures into one actionable line
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
