@@ -84,6 +84,40 @@ def model_options(command):
     return command
 
 
+def vllm_options(command):
+    """Options of the vllm engine; unset ones keep the engine's defaults (see docs/vllm.md)."""
+    command = click.option(
+        "--enforce-eager/--no-enforce-eager",
+        default=None,
+        help="vllm engine: run without CUDA graphs [default: eager; graphs gave no speed on scoring and start slower].",
+    )(command)
+    command = click.option(
+        "--gpu-memory-utilization",
+        type=click.FloatRange(min=0, max=1, min_open=True),
+        default=None,
+        help="vllm engine: fraction of each GPU's memory vLLM may take [default: 0.9].",
+    )(command)
+    command = click.option(
+        "--max-model-len",
+        type=click.IntRange(min=2),
+        default=None,
+        help="vllm engine: context length [default: longest prompt, forward or swapped, + 1].",
+    )(command)
+    command = click.option(
+        "--tensor-parallel",
+        type=click.IntRange(min=1),
+        default=None,
+        help="vllm engine: GPUs per engine [default: the fewest the model fits on]; "
+        "the other GPUs run more engines (data parallel).",
+    )(command)
+    command = click.option(
+        "--gpus",
+        default=None,
+        help="vllm engine: GPU numbers to use, e.g. 0,1 [default: all visible].",
+    )(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wsdm-serve")
 @click.option(
@@ -144,7 +178,7 @@ def main(ctx: click.Context, quiet: bool) -> None:
     type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
     default="auto",
     show_default=True,
-    help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU.",
+    help="auto: bf16 on GPUs that have it (compute capability 8.0+), fp16 on older GPUs (T4), fp32 on CPU.",
 )
 @click.option(
     "--batch-tokens",
@@ -152,6 +186,7 @@ def main(ctx: click.Context, quiet: bool) -> None:
     default=None,
     help="hf engine: padded tokens per batch [default: 32768 on GPU, 8192 on CPU].",
 )
+@vllm_options
 @truncation_options
 @model_options
 @click.pass_context
@@ -168,6 +203,11 @@ def predict(
     device,
     dtype,
     batch_tokens,
+    gpus,
+    tensor_parallel,
+    max_model_len,
+    gpu_memory_utilization,
+    enforce_eager,
     token_budget,
     response_word_cap,
     text_normalization,
@@ -195,7 +235,17 @@ def predict(
         tta=tta,
         time_budget_minutes=time_budget,
         truncation=TruncationConfig(token_budget=token_budget, response_word_cap=response_word_cap),
-        engine=EngineOptions(name=engine, device=device, dtype=dtype, batch_tokens=batch_tokens),
+        engine=EngineOptions(
+            name=engine,
+            device=device,
+            dtype=dtype,
+            batch_tokens=batch_tokens,
+            gpus=gpus,
+            tensor_parallel=tensor_parallel,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+        ),
         trust_remote_code=trust_remote_code,
         progress=not quiet,
     )

@@ -8,7 +8,6 @@ attention means real tokens never see padding, so the default positions are exac
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from ..errors import WsdmError
 from .base import ProgressCallback, ScoringEngine, length_sorted_batches
+from .gpu_plan import read_model_config
 
 DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -46,14 +46,7 @@ def resolve_dtype(dtype: str, device: str):
 
 def read_quantization(model_dir: Path) -> dict | None:
     """The checkpoint's quantization_config, if any (GPTQ, compressed-tensors, ...)."""
-    config_path = model_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise WsdmError(f"{model_dir}: no config.json; not a model folder") from None
-    except json.JSONDecodeError as exc:
-        raise WsdmError(f"{config_path}: not valid JSON ({exc.msg})") from exc
-    return config.get("quantization_config")
+    return read_model_config(model_dir).get("quantization_config")
 
 
 class HFEngine(ScoringEngine):
@@ -69,7 +62,6 @@ class HFEngine(ScoringEngine):
         batch_tokens: int | None = None,
         trust_remote_code: bool = False,
     ) -> None:
-        import torch
         from transformers import AutoModelForCausalLM
 
         self.model_dir = Path(model_dir)
@@ -97,7 +89,26 @@ class HFEngine(ScoringEngine):
                     f"engine on {self.device} ({reason}); install a backend for it or use --engine vllm on a GPU"
                 ) from exc
             raise WsdmError(f"{self.model_dir}: cannot load the model ({reason})") from exc
-        self.model = model.to(self.device).eval()
+        self._attach(model.to(self.device), letter_ids)
+
+    @classmethod
+    def from_model(cls, model, letter_ids: tuple[int, int], *, batch_tokens: int | None = None) -> HFEngine:
+        """Wrap a model already in memory (built with ``from_config`` on a GPU for benchmarks, where
+        writing and reading 30 GB of random weights would measure the disk, not the engine)."""
+        engine = cls.__new__(cls)
+        engine.model_dir = None
+        engine.device = str(next(model.parameters()).device)
+        engine.dtype = next(model.parameters()).dtype
+        engine.batch_tokens = (
+            batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if engine.device.startswith("cuda") else "cpu"]
+        )
+        engine._attach(model, letter_ids)
+        return engine
+
+    def _attach(self, model, letter_ids: tuple[int, int]) -> None:
+        import torch
+
+        self.model = model.eval()
         self.decoder = model.get_decoder()
         head = model.get_output_embeddings()
         ids = torch.tensor(letter_ids, device=self.device)

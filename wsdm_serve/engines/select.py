@@ -2,34 +2,69 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import WsdmError
 from .base import ScoringEngine
 
+log = logging.getLogger(__name__)
+
 ENGINES = ("auto", "hf", "vllm")
 
 
 @dataclass(frozen=True)
 class EngineOptions:
+    """Options of both engines; None means "the engine's default" so unused options can be detected."""
+
     name: str = "auto"
     device: str = "auto"
     dtype: str = "auto"
     batch_tokens: int | None = None
+    # vllm engine only
+    gpus: str | None = None
+    tensor_parallel: int | None = None
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    enforce_eager: bool | None = None
+    load_format: str = "auto"
+    """``dummy`` builds random weights from config.json (benchmarks); not a command-line option."""
+
+    def vllm_only(self) -> list[str]:
+        given = {
+            "--gpus": self.gpus,
+            "--tensor-parallel": self.tensor_parallel,
+            "--max-model-len": self.max_model_len,
+            "--gpu-memory-utilization": self.gpu_memory_utilization,
+            "--enforce-eager/--no-enforce-eager": self.enforce_eager,
+        }
+        return [flag for flag, value in given.items() if value is not None]
+
+    def hf_only(self) -> list[str]:
+        given = []
+        if self.batch_tokens is not None:
+            given.append("--batch-tokens")
+        if self.device not in ("auto", "cuda"):
+            given.append(f"--device {self.device}")
+        return given
 
 
 def vllm_usable() -> bool:
-    """vLLM is the default where it imports and a CUDA GPU is visible."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    if not torch.cuda.is_available():
+    """vLLM is the default where it imports and a CUDA GPU is visible.
+
+    GPUs are counted by a child process: asking CUDA here would fix this process's visible devices
+    before the vllm engine has chosen its GPUs.
+    """
+    from .gpu_plan import detect_gpus
+    from .vllm import vllm_installed
+
+    if not vllm_installed() or not detect_gpus():
         return False
     try:
         import vllm  # noqa: F401
-    except ImportError:
+    except Exception as exc:  # noqa: BLE001 - a broken install must not stop the hf fallback
+        log.warning("vLLM is installed but does not import (%s); using the hf engine", exc)
         return False
     return True
 
@@ -51,6 +86,13 @@ def create_engine(
 ) -> ScoringEngine:
     name = resolve_engine_name(options.name)
     if name == "hf":
+        unused = options.vllm_only()
+        if unused and options.name == "hf":
+            raise WsdmError(
+                f"{', '.join(unused)}: only the vllm engine takes this; drop it or use --engine vllm"
+            )
+        if unused:
+            log.warning("%s ignored: no usable vLLM and GPU here, the hf engine runs", ", ".join(unused))
         from .hf import HFEngine
 
         return HFEngine(
@@ -61,4 +103,23 @@ def create_engine(
             batch_tokens=options.batch_tokens,
             trust_remote_code=trust_remote_code,
         )
-    raise WsdmError("the vllm engine is not available in this build; use --engine hf")
+    unused = options.hf_only()
+    if unused:
+        raise WsdmError(
+            f"{', '.join(unused)}: only the hf engine takes this; the vllm engine chooses GPUs with --gpus"
+        )
+    from .vllm import VLLMEngine
+
+    return VLLMEngine(
+        model_dir,
+        letter_ids,
+        longest_prompt,
+        gpus=options.gpus,
+        tensor_parallel=options.tensor_parallel,
+        dtype=options.dtype,
+        max_model_len=options.max_model_len,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        enforce_eager=options.enforce_eager,
+        trust_remote_code=trust_remote_code,
+        load_format=options.load_format,
+    )

@@ -1,0 +1,327 @@
+"""The vLLM engine: GPTQ or bf16/fp16 checkpoints, tensor parallel within a GPU group, data parallel
+across groups.
+
+Scoring is one generated token per prompt: ``max_tokens=1``, greedy, ``allowed_token_ids=[A, B]``,
+``logprobs=2``, with the engine created with ``logprobs_mode="processed_logprobs"``. vLLM's default
+(raw) log-probabilities are taken before the allowed-token mask, so the letter that was not sampled
+can be missing from the top-k; processed ones are taken after it, where only A and B are finite, so
+both letters always come back. At temperature 0 no temperature, penalty or top-k/top-p touches them,
+and the two values are the 2-way log-softmax of the raw A/B logits: logits up to a per-row constant,
+which the pipeline's 2-way softmax removes. (The pooling/classify route measured the same speed but
+needs a converted score head, which ignored GPTQ configs in some vLLM versions; see docs/vllm.md.)
+
+Nothing here imports vLLM or torch at module level: the CLI's ``--help`` stays instant and machines
+without vLLM get one line telling them how to install it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.util
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import WsdmError
+from .base import ProgressCallback, ScoringEngine, length_sorted_batches
+from .gpu_plan import (
+    GpuPlan,
+    checkpoint_bytes,
+    detect_gpus,
+    physical_device_ids,
+    plan_gpus,
+    read_model_config,
+)
+from .pool import EnginePool, WorkerSpec, one_line
+
+log = logging.getLogger(__name__)
+
+VLLM_MISSING = "vLLM is not installed: pip install 'wsdm[vllm]' (needs a CUDA GPU)"
+CHUNK_TOKENS = 262_144
+"""Tokens submitted per ``generate`` call: ~10 s of work on one H100, so the progress bar moves,
+while the engine still sees hundreds of prompts at once (tools/bench.py measures the cost)."""
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def prepare_environment() -> None:
+    """Environment vLLM needs before it is imported in this process.
+
+    vLLM 0.26 probes FlashInfer's sampler at start and fails when flashinfer is not installed;
+    its PyTorch sampler is equivalent for greedy one-token scoring.
+    """
+    if importlib.util.find_spec("flashinfer") is None:
+        os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+
+
+def engine_kwargs(
+    model_dir: str | Path,
+    *,
+    tensor_parallel: int,
+    dtype: str,
+    max_model_len: int,
+    gpu_memory_utilization: float,
+    enforce_eager: bool,
+    trust_remote_code: bool,
+    load_format: str = "auto",
+    seed: int = 0,
+) -> dict:
+    """Arguments of ``vllm.LLM`` for scoring.
+
+    No ``quantization`` key: vLLM reads the method from the checkpoint and picks its fastest kernel
+    (gptq_marlin / Machete for GPTQ); naming ``gptq`` would force the slow legacy kernel.
+    ``generation_config="vllm"`` keeps a model's generation_config.json (Qwen2.5 ships a repetition
+    penalty) from changing the letter scores; the tokenizer is not loaded because prompts arrive as ids.
+    """
+    return {
+        "model": str(model_dir),
+        "tensor_parallel_size": tensor_parallel,
+        "dtype": dtype,
+        "max_model_len": max_model_len,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "enforce_eager": enforce_eager,
+        "enable_prefix_caching": True,
+        "trust_remote_code": trust_remote_code,
+        "load_format": load_format,
+        "seed": seed,
+        "logprobs_mode": "processed_logprobs",
+        "skip_tokenizer_init": True,
+        "generation_config": "vllm",
+    }
+
+
+def sampling_kwargs(letter_ids: tuple[int, int]) -> dict:
+    """One greedy token restricted to the two letters, with both letters' log-probabilities."""
+    return {
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "allowed_token_ids": list(letter_ids),
+        "logprobs": 2,
+        "detokenize": False,
+    }
+
+
+def letter_logprobs(
+    outputs: Sequence, letter_ids: tuple[int, int], row_numbers: Sequence[int] | None = None
+) -> np.ndarray:
+    """``[n, 2]`` log-probabilities of the two letters from vLLM ``RequestOutput`` objects.
+
+    Reads ``output.outputs[0].logprobs[0]`` (a dict token id -> ``Logprob``). A missing letter or a
+    non-finite value is an error naming the prompt: a silent fallback (the reference used -10) would
+    turn an engine misconfiguration or an fp16 overflow into confident wrong answers.
+    """
+    numbers = list(range(len(outputs))) if row_numbers is None else list(row_numbers)
+    result = np.empty((len(outputs), 2), dtype=np.float32)
+    for row, output in enumerate(outputs):
+        where = f"prompt {numbers[row] + 1}"
+        completions = getattr(output, "outputs", None)
+        if not completions:
+            raise WsdmError(f"{where}: vLLM returned no completion")
+        positions = completions[0].logprobs
+        if not positions:
+            raise WsdmError(f"{where}: vLLM returned no log-probabilities (logprobs were not requested)")
+        first = positions[0]
+        for column, token in enumerate(letter_ids):
+            entry = first.get(token) if hasattr(first, "get") else None
+            if entry is None:
+                raise WsdmError(
+                    f"{where}: vLLM returned no log-probability for token {token} (got tokens "
+                    f"{sorted(first)}); the engine must run with logprobs_mode='processed_logprobs'"
+                )
+            value = float(getattr(entry, "logprob", entry))
+            if not math.isfinite(value):
+                raise WsdmError(
+                    f"{where}: vLLM returned log-probability {value} for token {token}; float16 can overflow "
+                    "on this model: use a GPU with bfloat16 (--dtype bfloat16)"
+                )
+            result[row, column] = value
+    return result
+
+
+class VLLMScorer:
+    """One in-process ``vllm.LLM`` over one GPU group (tensor parallel inside it)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        letter_ids: tuple[int, int],
+        *,
+        tensor_parallel: int = 1,
+        dtype: str = "bfloat16",
+        max_model_len: int,
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = True,
+        trust_remote_code: bool = False,
+        load_format: str = "auto",
+        chunk_tokens: int = CHUNK_TOKENS,
+    ) -> None:
+        prepare_environment()
+        try:
+            from vllm import LLM, SamplingParams
+            from vllm.inputs import TokensPrompt
+        except ImportError as exc:
+            raise WsdmError(f"{VLLM_MISSING} ({one_line(exc)})") from exc
+        self.letter_ids = letter_ids
+        self.max_model_len = max_model_len
+        self.chunk_tokens = chunk_tokens
+        self._prompt = TokensPrompt
+        kwargs = engine_kwargs(
+            model_dir,
+            tensor_parallel=tensor_parallel,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            trust_remote_code=trust_remote_code,
+            load_format=load_format,
+        )
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - vLLM start-up failures (memory, kernels) become one line
+            log.debug("vLLM start-up failed", exc_info=True)
+            raise WsdmError(
+                f"{model_dir}: vLLM could not start ({type(exc).__name__}: {one_line(exc)}); see the log above, "
+                "or try --gpu-memory-utilization, --max-model-len or --tensor-parallel"
+            ) from exc
+        self.sampling = SamplingParams(**sampling_kwargs(letter_ids))
+
+    def prompts(self, sequences: Sequence[Sequence[int]]) -> list:
+        return [self._prompt(prompt_token_ids=list(seq)) for seq in sequences]
+
+    def score(
+        self, sequences: Sequence[Sequence[int]], progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        lengths = [len(seq) for seq in sequences]
+        for index, length in enumerate(lengths):
+            if length == 0:
+                raise WsdmError(f"prompt {index + 1}: cannot score an empty token sequence")
+            if length >= self.max_model_len:
+                raise WsdmError(
+                    f"prompt {index + 1} has {length} tokens; the engine was started with max_model_len "
+                    f"{self.max_model_len} (--max-model-len must exceed the longest prompt)"
+                )
+        result = np.zeros((len(sequences), 2), dtype=np.float32)
+        for chunk in length_sorted_batches(lengths, self.chunk_tokens):
+            outputs = self.llm.generate(
+                self.prompts([sequences[i] for i in chunk]), self.sampling, use_tqdm=False
+            )
+            result[chunk] = letter_logprobs(outputs, self.letter_ids, chunk)
+            if progress is not None:
+                progress(len(chunk), sum(lengths[i] for i in chunk))
+        return result
+
+    def reset_prefix_cache(self) -> None:
+        """For benchmarks: the next pass starts cold, like the first pass of a job."""
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        self.llm = None
+        if llm is None:
+            return
+        with contextlib.suppress(Exception):
+            shutdown = getattr(llm, "shutdown", None)
+            if shutdown is None:
+                shutdown = llm.llm_engine.engine_core.shutdown
+            shutdown()
+        del llm
+        gc.collect()
+
+
+class VLLMEngine(ScoringEngine):
+    """Plans the GPU layout, then scores in this process (one group on all visible GPUs) or with one
+    worker process per group (data parallel, or a subset of the visible GPUs)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        letter_ids: tuple[int, int],
+        longest_prompt: int,
+        *,
+        gpus: str | None = None,
+        tensor_parallel: int | None = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        enforce_eager: bool | None = None,
+        trust_remote_code: bool = False,
+        load_format: str = "auto",
+        chunk_tokens: int = CHUNK_TOKENS,
+    ) -> None:
+        if not vllm_installed():
+            raise WsdmError(VLLM_MISSING)
+        model_dir = Path(model_dir)
+        config = read_model_config(model_dir)
+        visible = detect_gpus()
+        if not visible:
+            raise WsdmError("no CUDA GPU is visible; the vllm engine needs one (use --engine hf on a CPU)")
+        self.plan: GpuPlan = plan_gpus(
+            config,
+            visible,
+            longest_prompt=longest_prompt,
+            gpus=gpus,
+            tensor_parallel=tensor_parallel,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            fallback_weight_bytes=None if load_format == "dummy" else checkpoint_bytes(model_dir),
+        )
+        for note in self.plan.notes:
+            log.warning(note)
+        log.info("vllm engine: %s", self.plan.describe())
+        scorer_kwargs = {
+            "model_dir": str(model_dir),
+            "letter_ids": tuple(letter_ids),
+            "tensor_parallel": self.plan.tensor_parallel,
+            "dtype": self.plan.dtype,
+            "max_model_len": self.plan.max_model_len,
+            "gpu_memory_utilization": self.plan.gpu_memory_utilization,
+            "enforce_eager": True if enforce_eager is None else enforce_eager,
+            "trust_remote_code": trust_remote_code,
+            "load_format": load_format,
+            "chunk_tokens": chunk_tokens,
+        }
+        all_visible = [gpu.index for gpu in visible]
+        self.scorer: VLLMScorer | None = None
+        self.pool: EnginePool | None = None
+        if len(self.plan.groups) == 1 and sorted(self.plan.groups[0]) == all_visible:
+            self.scorer = VLLMScorer(**scorer_kwargs)
+        else:
+            # CUDA reads CUDA_VISIBLE_DEVICES once per process, so a group that is not "every visible
+            # GPU" runs in a process of its own that is started seeing only its GPUs.
+            inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+            specs = [
+                WorkerSpec(
+                    factory="wsdm_serve.engines.vllm:VLLMScorer",
+                    kwargs=scorer_kwargs,
+                    devices=physical_device_ids(group, inherited),
+                    label=f"vllm engine on GPU{'s' if len(group) > 1 else ''} {','.join(map(str, group))}",
+                )
+                for group in self.plan.groups
+            ]
+            self.pool = EnginePool(specs, name="vllm")
+
+    def score(
+        self, sequences: Sequence[Sequence[int]], progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        if self.scorer is not None:
+            return self.scorer.score(sequences, progress)
+        assert self.pool is not None
+        return self.pool.score(sequences, progress)
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+            self.scorer = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
