@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .data import ArenaRows
 from .engines.base import ScoringEngine
-from .engines.select import EngineOptions, create_engine
+from .engines.select import EngineOptions, check_options, create_engine
 from .preprocess import PromptSet, build_prompts
 from .prompt import letter_token_ids
 from .tokenizer import load_tokenizer
@@ -88,6 +88,8 @@ def run_predict(
     one built from ``config.engine`` and stays open (benchmarks time passes without engine start-up).
     """
     started_at = time.time() if started_at is None else started_at
+    if engine is None:
+        check_options(config.engine)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     letters = letter_token_ids(tokenizer)
     prompts: PromptSet = build_prompts(

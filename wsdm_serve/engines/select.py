@@ -77,6 +77,27 @@ def resolve_engine_name(name: str) -> str:
     return name
 
 
+def check_options(options: EngineOptions) -> None:
+    """Refuse option mixes and a missing vLLM before any work is done (tokenizing 25k rows first
+    and failing afterwards would waste minutes)."""
+    if options.name not in ENGINES:
+        raise WsdmError(f"unknown engine {options.name!r}; choose one of {', '.join(ENGINES)}")
+    if options.name == "hf" and options.vllm_only():
+        raise WsdmError(
+            f"{', '.join(options.vllm_only())}: only the vllm engine takes this; drop it or use --engine vllm"
+        )
+    if options.name == "vllm":
+        if options.hf_only():
+            raise WsdmError(
+                f"{', '.join(options.hf_only())}: only the hf engine takes this; "
+                "the vllm engine chooses GPUs with --gpus"
+            )
+        from .vllm import VLLM_MISSING, vllm_installed
+
+        if not vllm_installed():
+            raise WsdmError(VLLM_MISSING)
+
+
 def create_engine(
     model_dir: Path,
     letter_ids: tuple[int, int],
@@ -84,15 +105,14 @@ def create_engine(
     options: EngineOptions,
     trust_remote_code: bool = False,
 ) -> ScoringEngine:
-    name = resolve_engine_name(options.name)
+    check_options(options)
+    # --device cpu or --batch-tokens only mean something to the hf engine, so auto takes them as a choice.
+    name = "hf" if options.name == "auto" and options.hf_only() else resolve_engine_name(options.name)
     if name == "hf":
-        unused = options.vllm_only()
-        if unused and options.name == "hf":
-            raise WsdmError(
-                f"{', '.join(unused)}: only the vllm engine takes this; drop it or use --engine vllm"
+        if options.vllm_only():
+            log.warning(
+                "%s ignored: no usable vLLM and GPU here, the hf engine runs", ", ".join(options.vllm_only())
             )
-        if unused:
-            log.warning("%s ignored: no usable vLLM and GPU here, the hf engine runs", ", ".join(unused))
         from .hf import HFEngine
 
         return HFEngine(
@@ -102,11 +122,6 @@ def create_engine(
             dtype=options.dtype,
             batch_tokens=options.batch_tokens,
             trust_remote_code=trust_remote_code,
-        )
-    unused = options.hf_only()
-    if unused:
-        raise WsdmError(
-            f"{', '.join(unused)}: only the hf engine takes this; the vllm engine chooses GPUs with --gpus"
         )
     from .vllm import VLLMEngine
 

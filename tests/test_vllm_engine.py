@@ -1,0 +1,252 @@
+"""The vllm engine around its vLLM boundary: reading letter scores, engine arguments, engine choice.
+
+vLLM itself needs a CUDA GPU; the test that runs it (against the hf engine) skips here with its
+reason, and runs wherever vLLM imports and a GPU is visible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from tests.conftest import ARENA_SAMPLE, run_cli
+from wsdm_serve.engines.select import EngineOptions, create_engine
+from wsdm_serve.engines.vllm import VLLM_MISSING, engine_kwargs, letter_logprobs, sampling_kwargs
+from wsdm_serve.errors import WsdmError
+from wsdm_serve.tta import softmax2
+
+A, B = 32, 33
+
+
+# Objects shaped like vLLM's RequestOutput / CompletionOutput / Logprob (vllm.outputs, vllm.logprobs).
+@dataclass
+class Logprob:
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: list[dict[int, Logprob]] | None
+    finish_reason: str | None = "length"
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput] = field(default_factory=list)
+    num_cached_tokens: int = 0
+
+
+def output(entries: dict[int, float] | None, sampled: int = A) -> RequestOutput:
+    logprobs = (
+        None if entries is None else [{t: Logprob(v, rank=i + 1) for i, (t, v) in enumerate(entries.items())}]
+    )
+    completion = CompletionOutput(0, "", [sampled], None, logprobs)
+    return RequestOutput("0", [1, 2, 3], [completion])
+
+
+def processed_logprobs(logit_a: float, logit_b: float) -> dict[int, float]:
+    """What processed_logprobs returns after the allowed-token mask: the 2-way log-softmax."""
+    top = max(logit_a, logit_b)
+    norm = top + math.log(math.exp(logit_a - top) + math.exp(logit_b - top))
+    return {A: logit_a - norm, B: logit_b - norm}
+
+
+def test_letter_logprobs_reads_both_letters_in_letter_order():
+    outputs = [output({A: -0.1, B: -2.4}), output({B: -0.05, A: -3.0}, sampled=B)]
+    result = letter_logprobs(outputs, (A, B))
+    assert result.dtype == np.float32 and result.shape == (2, 2)
+    np.testing.assert_allclose(result, [[-0.1, -2.4], [-3.0, -0.05]], rtol=1e-6)
+
+
+def test_two_way_softmax_of_the_logprobs_equals_that_of_the_raw_logits():
+    raw = np.array([[3.5, -1.25], [0.0, 0.0], [-7.0, 12.0], [80.0, 79.0]])
+    outputs = [output(processed_logprobs(a, b)) for a, b in raw]
+    np.testing.assert_allclose(softmax2(letter_logprobs(outputs, (A, B))), softmax2(raw), atol=1e-6)
+
+
+def test_extra_entries_such_as_the_sampled_token_are_ignored():
+    outputs = [output({A: -0.2, 151643: -9.0, B: -1.8})]
+    np.testing.assert_allclose(letter_logprobs(outputs, (A, B)), [[-0.2, -1.8]], rtol=1e-6)
+
+
+def test_a_missing_letter_is_an_error_naming_the_prompt_never_a_fallback():
+    outputs = [output({A: -0.1, B: -2.0}), output({A: -0.01, 40: -4.6})]
+    with pytest.raises(
+        WsdmError,
+        match=r"prompt 8: .*no log-probability for token 33 \(got tokens \[32, 40\]\).*processed_logprobs",
+    ):
+        letter_logprobs(outputs, (A, B), row_numbers=[3, 7])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf"), float("inf")])
+def test_non_finite_values_are_errors(value):
+    with pytest.raises(WsdmError, match=r"prompt 1: .*float16 can overflow"):
+        letter_logprobs([output({A: value, B: -1.0})], (A, B))
+
+
+def test_outputs_without_logprobs_or_completions_are_errors():
+    with pytest.raises(WsdmError, match="no log-probabilities"):
+        letter_logprobs([output(None)], (A, B))
+    with pytest.raises(WsdmError, match="no completion"):
+        letter_logprobs([RequestOutput("0", [1])], (A, B))
+
+
+def test_engine_arguments_keep_the_checkpoints_quantization_and_read_both_letters():
+    kwargs = engine_kwargs(
+        "/models/judge",
+        tensor_parallel=2,
+        dtype="float16",
+        max_model_len=10_301,
+        gpu_memory_utilization=0.95,
+        enforce_eager=True,
+        trust_remote_code=False,
+    )
+    assert "quantization" not in kwargs  # vLLM picks gptq_marlin/Machete from the checkpoint
+    assert kwargs["logprobs_mode"] == "processed_logprobs"
+    assert kwargs["enable_prefix_caching"] is True
+    assert kwargs["generation_config"] == "vllm"  # no repetition penalty from generation_config.json
+    assert (kwargs["tensor_parallel_size"], kwargs["dtype"], kwargs["max_model_len"]) == (
+        2,
+        "float16",
+        10_301,
+    )
+    sampling = sampling_kwargs((A, B))
+    assert sampling["allowed_token_ids"] == [A, B]
+    assert (sampling["max_tokens"], sampling["temperature"]) == (1, 0.0)
+    assert sampling["logprobs"] >= 2
+
+
+vllm_missing = importlib.util.find_spec("vllm") is None
+
+
+@pytest.mark.skipif(
+    vllm_missing, reason="vLLM is not installed here: its argument names are checked where it is"
+)
+def test_engine_and_sampling_arguments_exist_in_the_installed_vllm():
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import EngineArgs
+
+    kwargs = engine_kwargs(
+        "/m",
+        tensor_parallel=1,
+        dtype="bfloat16",
+        max_model_len=100,
+        gpu_memory_utilization=0.9,
+        enforce_eager=True,
+        trust_remote_code=False,
+    )
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    assert set(kwargs) - fields == set()
+    params = SamplingParams(**sampling_kwargs((A, B)))
+    assert params.allowed_token_ids == [A, B] and params.max_tokens == 1
+
+
+def test_importing_the_engine_loads_neither_torch_nor_vllm():
+    code = "import sys, wsdm_serve.engines.vllm, wsdm_serve.cli; print('torch' in sys.modules, 'vllm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------- engine choice
+@pytest.mark.skipif(not vllm_missing, reason="checks the message shown where vLLM is not installed")
+def test_engine_vllm_without_vllm_is_one_line(tiny_model_dir, tmp_path):
+    result = run_cli(
+        "wsdm-serve",
+        "predict",
+        ARENA_SAMPLE,
+        "--model",
+        tiny_model_dir,
+        "--out",
+        tmp_path / "s.csv",
+        "--engine",
+        "vllm",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {VLLM_MISSING}"
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_vllm_options_with_the_hf_engine_are_refused(tiny_model_dir, tmp_path):
+    result = run_cli(
+        "wsdm-serve", "predict", ARENA_SAMPLE, "--model", tiny_model_dir, "--out", tmp_path / "s.csv",
+        "--engine", "hf", "--gpus", "0,1", "--tensor-parallel", "2",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "error: --gpus, --tensor-parallel: only the vllm engine takes this; drop it or use --engine vllm"
+    )
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_hf_options_with_the_vllm_engine_are_refused(tiny_model_dir, tmp_path):
+    result = run_cli(
+        "wsdm-serve", "predict", ARENA_SAMPLE, "--model", tiny_model_dir, "--out", tmp_path / "s.csv",
+        "--engine", "vllm", "--batch-tokens", "4096",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--batch-tokens: only the hf engine takes this" in result.stderr
+
+
+def test_bad_vllm_option_values_are_rejected_by_the_cli(tiny_model_dir, tmp_path):
+    for option, value in (
+        ("--gpu-memory-utilization", "0"),
+        ("--tensor-parallel", "0"),
+        ("--max-model-len", "1"),
+    ):
+        result = run_cli("wsdm-serve", "predict", ARENA_SAMPLE, "--model", tiny_model_dir, option, value)
+        assert result.returncode == 2 and option in result.stderr
+
+
+@pytest.mark.skipif(not vllm_missing, reason="checks the fallback where vLLM is not installed")
+def test_auto_falls_back_to_hf_and_says_which_options_it_ignored(tiny_model_dir, caplog):
+    options = EngineOptions(name="auto", gpus="0", device="cpu")
+    with caplog.at_level("WARNING"), create_engine(tiny_model_dir, (A, B), 100, options) as engine:
+        assert engine.name == "hf"
+    assert "--gpus ignored" in caplog.text
+
+
+# ------------------------------------------------------------------------------- real vLLM
+def _gpu_and_vllm() -> str | None:
+    if vllm_missing:
+        return "vLLM is not installed (pip install 'wsdm[vllm]' on a CUDA machine); tools/parity.py runs this check there"
+    from wsdm_serve.engines.gpu_plan import detect_gpus
+
+    if not detect_gpus():
+        return "no CUDA GPU is visible; tools/parity.py runs this check on a GPU machine"
+    return None
+
+
+def test_vllm_engine_matches_hf_engine_on_a_gpu():
+    reason = _gpu_and_vllm()
+    if reason:
+        pytest.skip(reason)
+    import argparse
+    import importlib.util as util
+    from pathlib import Path
+
+    spec = util.spec_from_file_location("parity", Path(__file__).parents[1] / "tools" / "parity.py")
+    parity = util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
+    args = argparse.Namespace(
+        model=None, reference_model=None, pandalm_rows=32, tolerance=0.02, init_std=0.1, gpus=None,
+        tensor_parallel=None, gpu_memory_utilization=0.5, json=None,
+    )  # fmt: skip
+    result = parity.run(args)
+    assert result["passed"], result
