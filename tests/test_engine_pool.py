@@ -109,3 +109,18 @@ def test_run_predict_with_an_engine_it_did_not_build_leaves_it_open(tiny_model_d
     built = run_predict(rows, config)
     np.testing.assert_array_equal(first.probs, second.probs)
     np.testing.assert_allclose(first.probs, built.probs, atol=1e-6)
+
+
+def test_hf_engine_wraps_a_model_already_in_memory(tiny_model_dir):
+    """The seam the benchmark uses for 14B random weights built on the GPU."""
+    from transformers import AutoModelForCausalLM
+
+    from wsdm_serve.engines.hf import HFEngine
+
+    sequences = [[151644, 8948, 198, 2610, 525, 32], [151644, 872, 33, 13, 220]]
+    with HFEngine(tiny_model_dir, (32, 33), device="cpu") as loaded:
+        expected = loaded.score(sequences)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with HFEngine.from_model(model, (32, 33)) as wrapped:
+        assert (wrapped.device, wrapped.batch_tokens) == ("cpu", 8192)
+        np.testing.assert_array_equal(wrapped.score(sequences), expected)

@@ -250,3 +250,14 @@ def test_vllm_engine_matches_hf_engine_on_a_gpu():
     )  # fmt: skip
     result = parity.run(args)
     assert result["passed"], result
+
+
+@pytest.mark.parametrize("tool", ["bench.py", "parity.py"])
+def test_gpu_tools_start_without_a_gpu(tool):
+    """The GPU scripts parse their options and import the package on any machine."""
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "tools" / tool
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout

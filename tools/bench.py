@@ -333,21 +333,26 @@ def worker_vllm(args, config, name: str) -> None:
     engine.score([token_ids[i] for i in warm])
     times = {"raw": [], "score": [], "predict": [], "preprocess": []}
     outputs = {}
+    methods = [
+        m for m in (("raw", raw), ("score", score), ("predict", predict)) if m[0] in args.methods.split(",")
+    ]
     for _ in range(args.reps):
-        for method, fn in (("raw", raw), ("score", score), ("predict", predict)):
+        for method, fn in methods:
             scorer.reset_prefix_cache()
             seconds, outputs[method] = timed(fn)
             times[method].append(seconds)
         times["preprocess"].append(timed(preprocess)[0])
-    p_raw = softmax2(outputs["raw"])[:, 0]
-    p_score = softmax2(outputs["score"])[:, 0]
-    p_predict = outputs["predict"].forward[:, 0]
-    agreement = {
-        "max_abs_dp_score_vs_raw": float(np.abs(p_score - p_raw).max()),
-        "max_abs_dp_predict_vs_raw": float(np.abs(p_predict - p_raw).max()),
-        "cached_tokens_raw": state.get("cached"),
+    probabilities = {
+        method: softmax2(value)[:, 0] if method != "predict" else value.forward[:, 0]
+        for method, value in outputs.items()
     }
-    for method in ("raw", "score", "predict"):
+    agreement = {"cached_tokens_raw": state.get("cached")}
+    for method in ("score", "predict"):
+        if "raw" in probabilities and method in probabilities:
+            agreement[f"max_abs_dp_{method}_vs_raw"] = float(
+                np.abs(probabilities[method] - probabilities["raw"]).max()
+            )
+    for method, _ in methods:
         summarize(name, method, lengths, times[method], config, **info, **agreement)
     summarize(name, "preprocess", lengths, times["preprocess"], config)
     engine.close()
@@ -512,6 +517,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--reps", type=int, default=2, help="passes per vLLM method (median reported)")
+    parser.add_argument("--methods", default="raw,score,predict", help="vLLM methods to time (see above)")
     parser.add_argument("--hf-reps", type=int, default=1)
     parser.add_argument(
         "--hf-batch-tokens", type=int, default=None, help="hf engine: padded tokens per batch"
