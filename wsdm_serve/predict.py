@@ -117,7 +117,7 @@ def run_predict(
             swapped = softmax2(score_with_progress(engine, sequences, "tta", config.progress))
             probs = combine_swapped(forward, swapped, rescored)
             n_tokens += sum(len(s) for s in sequences)
-        engine_name = engine.name
+        engine_name = engine.describe()
     return PredictResult(
         ids=list(rows.ids),
         forward=forward,

@@ -27,6 +27,10 @@ class ScoringEngine(ABC):
     ) -> np.ndarray:
         """Return float32 logits of shape ``[len(sequences), 2]`` (letter A, letter B), in input order."""
 
+    def describe(self) -> str:
+        """One line for the job summary; engines with a layout worth knowing say more."""
+        return self.name
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; engines that hold none keep this no-op."""
 

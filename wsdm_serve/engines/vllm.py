@@ -310,6 +310,9 @@ class VLLMEngine(ScoringEngine):
             ]
             self.pool = EnginePool(specs, name="vllm")
 
+    def describe(self) -> str:
+        return f"vllm: {self.plan.describe()}"
+
     def score(
         self, sequences: Sequence[Sequence[int]], progress: ProgressCallback | None = None
     ) -> np.ndarray:
