@@ -66,7 +66,7 @@ def worker(args) -> None:
     if args.worker == "hf":
         from wsdm_serve.engines.hf import HFEngine
 
-        engine = HFEngine(args.reference_model or args.model, letters, device="cuda", dtype="bfloat16")
+        engine = HFEngine(args.reference_model or args.model, letters, device="cuda", dtype=args.dtype)
         description = f"transformers on {engine.device}, {engine.dtype}"
     else:
         from wsdm_serve.engines.vllm import VLLMEngine
@@ -77,7 +77,7 @@ def worker(args) -> None:
             max(len(s) for s in sequences),
             gpus=args.gpus,
             tensor_parallel=args.tensor_parallel,
-            dtype="bfloat16",
+            dtype=args.dtype,
             gpu_memory_utilization=args.gpu_memory_utilization,
         )
         description = engine.plan.describe()
@@ -99,6 +99,7 @@ def run_worker(name: str, args, sequences_path: Path, out: Path) -> None:
         command += ["--gpus", args.gpus]
     if args.tensor_parallel:
         command += ["--tensor-parallel", str(args.tensor_parallel)]
+    command += ["--dtype", args.dtype]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     completed = subprocess.run(command, env=env)
@@ -146,6 +147,9 @@ def main() -> None:
     )
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument(
+        "--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="both engines' dtype"
+    )
+    parser.add_argument(
         "--init-std", type=float, default=0.1, help="tiny model: weight scale (spread of P(A))"
     )
     parser.add_argument("--gpus", default=None)
@@ -185,7 +189,7 @@ def run(args) -> dict:
                 kv_heads=2,
                 intermediate_size=512,
                 init_std=args.init_std,
-                dtype="bfloat16",
+                dtype=args.dtype,
             )
         sequences, letters, labels = build_sequences(args.model, args.pandalm_rows)
         sequences_path = scratch / "sequences.json"
