@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +95,72 @@ def outputs_intact(folder: Path, manifest: dict[str, Any]) -> bool:
         return all((folder / item["path"]).stat().st_size == item["bytes"] for item in manifest["outputs"])
     except (OSError, KeyError, TypeError):
         return False
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("scikit-learn", "transformers", "tokenizers", "pyarrow"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def build_manifest(
+    config: Config,
+    source: str,
+    digest: str,
+    *,
+    inputs: dict[str, dict[str, Any]],
+    tokenizers: dict[str, dict[str, Any]],
+    skipped: list[dict[str, Any]],
+    units: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The manifest of a finished run; ``units`` are the records of the folds and of each model."""
+    skipped = list(skipped)
+    for unit in units.values():
+        skipped += unit["skipped"]
+    counts = Counter(
+        f"{s['source']}: {s['reason']}" + ("" if s["scope"] == "all" else f" [{s['scope']}]") for s in skipped
+    )
+    folds = units["folds"]
+    return {
+        "format": FORMAT_VERSION,
+        "complete": True,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": digest,
+        "wsdm_version": __version__,
+        "prompt_contract": {"version": __version__, "sha256": prompt_contract_sha256()},
+        "libraries": library_versions(),
+        "config_source": source,
+        "config": config.to_dict(),
+        "inputs": inputs,
+        "tokenizers": tokenizers,
+        "folds": {
+            "n_folds": config.prepare.n_folds,
+            "seed": config.prepare.fold_seed,
+            "rows_per_fold": folds["rows_per_fold"],
+            "label_b_per_fold": folds["label_b_per_fold"],
+        },
+        "models": [key for key in units if key != "folds"],
+        "outputs": [item for unit in units.values() for item in unit["outputs"]],
+        "skipped": {"total": len(skipped), "counts": dict(sorted(counts.items())), "rows": skipped},
+    }
+
+
+def summary_line(manifest: dict[str, Any], out_dir: Path, seconds: float) -> str:
+    inputs = manifest["inputs"]
+    parts = [f"{inputs['train']['rows_used']:,} train rows in {manifest['folds']['n_folds']} folds"]
+    for role in ("lmsys", "ut"):
+        if inputs[role]["present"]:
+            parts.append(f"{inputs[role]['rows_used']:,} {role} rows")
+    outputs = manifest["outputs"]
+    tokens = sum(item.get("tokens", 0) for item in outputs)
+    models = len(manifest["models"])
+    return (
+        f"prepare: {', '.join(parts)}; {models} model{'' if models == 1 else 's'}; {len(outputs)} files, "
+        f"{tokens:,} tokens; {manifest['skipped']['total']} rows skipped; {seconds:.1f} s -> {out_dir}"
+    )

@@ -21,38 +21,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wsdm_serve import __version__
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_write
 from wsdm_serve.prompt import STUDENT_SYSTEM_PROMPT, TEACHER_SYSTEM_PROMPT
 
 from .config import Budget, Config
 from .manifest import (
-    FORMAT_VERSION,
     MANIFEST_NAME,
+    build_manifest,
     fingerprint,
     outputs_intact,
-    prompt_contract_sha256,
     read_manifest,
     sha256_file,
+    summary_line,
     tokenizer_files,
 )
 from .sources import CompetitionRows, Skip, SourceRows, read_competition, read_lmsys, read_ut
+from .staging import Staging
 
-STAGING_MARKERS = ".done"
 ROW_GROUP_ROWS = 2048
 
 
@@ -193,43 +188,46 @@ def run_prepare(
     for note in notes:
         echo(f"prepare: note: {note}")
 
-    stage = _staging(out_dir, digest, force)
     train = read_competition(inputs.train)
     lmsys = read_lmsys(inputs.lmsys) if inputs.lmsys else None
     ut = read_ut(inputs.ut) if inputs.ut else None
     if len(train) == 0:
-        raise WsdmError(
-            f"{inputs.train}: no usable rows ({len(train.skipped)} skipped, e.g. {train.skipped[0].reason})"
-        )
+        raise WsdmError(f"{inputs.train}: no usable rows (first reason: {train.skipped[0].reason})")
 
-    folds_unit = _run_unit(stage, "folds", lambda: _write_folds(stage, train, config))
-    folds = np.asarray(folds_unit["folds"], dtype=np.int8)
-    units = {"folds": folds_unit}
+    staging = Staging(out_dir, digest, fresh=force)
+    stage = staging.path
+    units: dict[str, dict] = {}
+    units["folds"], _ = staging.run_unit("folds", lambda: _write_folds(stage, train, config))
+    folds = np.asarray(units["folds"]["folds"], dtype=np.int8)
     tokenizers: dict[Path, Any] = {}
     for spec in specs:
-        units[spec.key] = _run_unit(
-            stage,
-            spec.key,
-            lambda spec=spec: _write_model(
-                stage,
-                spec,
-                _tokenizer(tokenizers, spec.tokenizer_dir),
-                train,
-                folds,
-                lmsys,
-                ut,
-                config,
-                progress,
-            ),
-            echo=echo if progress else None,
-        )
 
-    manifest = _manifest(
-        config, config_source, digest, inputs, input_hashes, tokenizer_hashes, specs, train, lmsys, ut, units
+        def work(spec: ModelSpec = spec) -> dict:
+            tokenizer = _tokenizer(tokenizers, spec.tokenizer_dir)
+            return _write_model(stage, spec, tokenizer, train, folds, lmsys, ut, config, progress)
+
+        units[spec.key], ran = staging.run_unit(spec.key, work)
+        if ran and progress:
+            record = units[spec.key]
+            rows = sum(item["rows"] for item in record["outputs"])
+            echo(
+                f"prepare: {spec.key}: {len(record['outputs'])} files, {rows:,} rows ({record['seconds']:.1f} s)"
+            )
+
+    manifest = build_manifest(
+        config,
+        config_source,
+        digest,
+        inputs=_describe_inputs(inputs, input_hashes, {"train": train, "lmsys": lmsys, "ut": ut}),
+        tokenizers={
+            spec.key: {"path": str(spec.tokenizer_dir), "files": tokenizer_hashes[spec.key]} for spec in specs
+        },
+        skipped=[dataclasses.asdict(s) for rows in (train, lmsys, ut) if rows for s in rows.skipped],
+        units=units,
     )
     atomic_write(stage / MANIFEST_NAME, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), "utf-8"))
-    _publish(stage, out_dir)
-    summary = _summary(manifest, out_dir, time.time() - started)
+    staging.publish()
+    summary = summary_line(manifest, out_dir, time.time() - started)
     return PrepareResult(False, out_dir, manifest, summary, notes)
 
 
@@ -242,7 +240,7 @@ def _tokenizer(cache: dict[Path, Any], folder: Path):
     return cache[key]
 
 
-# --------------------------------------------------------------------------- staging
+# --------------------------------------------------------------------------- safety
 
 
 def _check_replaceable(out_dir: Path, manifest: dict[str, Any] | None) -> None:
@@ -259,63 +257,6 @@ def _check_replaceable(out_dir: Path, manifest: dict[str, Any] | None) -> None:
             f"{out_dir}: folder exists but was not written by `wsdm-train prepare` (no {MANIFEST_NAME}); "
             "move it away or set paths.processed_dir"
         )
-
-
-def _staging(out_dir: Path, digest: str, force: bool) -> Path:
-    """The staging folder; kept from an interrupted run with the same fingerprint, else started fresh."""
-    stage = out_dir.parent / f".{out_dir.name}.partial"
-    stamp = stage / "fingerprint"
-    try:
-        if stage.exists():
-            same = stamp.is_file() and stamp.read_text("utf-8").strip() == digest
-            if force or not same:
-                shutil.rmtree(stage)
-        (stage / STAGING_MARKERS).mkdir(parents=True, exist_ok=True)
-        if not stamp.is_file():
-            stamp.write_text(digest, "utf-8")
-    except OSError as exc:
-        raise WsdmError(f"{stage}: cannot prepare the staging folder ({exc.strerror})") from exc
-    return stage
-
-
-def _run_unit(
-    stage: Path, key: str, work: Callable[[], dict], echo: Callable[[str], None] | None = None
-) -> dict:
-    """Run ``work`` unless a finished marker for ``key`` exists; returns the unit's record."""
-    marker = stage / STAGING_MARKERS / (key.replace("/", "__") + ".json")
-    if marker.is_file():
-        try:
-            return json.loads(marker.read_text("utf-8"))
-        except ValueError:
-            marker.unlink()
-    target = stage / key
-    if target.is_dir():
-        shutil.rmtree(target)  # a unit interrupted half-way restarts from scratch
-    started = time.time()
-    record = work()
-    record["seconds"] = round(time.time() - started, 3)
-    atomic_write(marker, lambda tmp: tmp.write_text(json.dumps(record), "utf-8"))
-    if echo is not None:
-        rows = sum(item["rows"] for item in record["outputs"])
-        echo(f"prepare: {key}: {len(record['outputs'])} files, {rows:,} rows ({record['seconds']:.1f} s)")
-    return record
-
-
-def _publish(stage: Path, out_dir: Path) -> None:
-    """Swap the finished staging folder into place; the old folder is removed only afterwards."""
-    (stage / "fingerprint").unlink(missing_ok=True)
-    shutil.rmtree(stage / STAGING_MARKERS, ignore_errors=True)
-    old = out_dir.parent / f".{out_dir.name}.old"
-    try:
-        if old.exists():
-            shutil.rmtree(old)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(stage, out_dir)
-        if old.exists():
-            shutil.rmtree(old)
-    except OSError as exc:
-        raise WsdmError(f"{out_dir}: cannot move the finished data into place ({exc.strerror})") from exc
 
 
 # --------------------------------------------------------------------------- writing
@@ -407,6 +348,8 @@ def _encode_set(
 
 def _failures(failures, sources: list[SourceRows], scope: str) -> list[Skip]:
     """Map positions in the concatenated rows back to (source, row, id)."""
+    if not failures:
+        return []
     owners = [(s, i) for s in sources for i in range(len(s))]
     skips = []
     for position, reason in failures:
@@ -519,81 +462,22 @@ def _pretrain_table(spec: ModelSpec, tokenizer, ut: SourceRows, config: Config, 
     return table, skipped
 
 
-# --------------------------------------------------------------------------- manifest
-
-
-def _library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for name in ("scikit-learn", "transformers", "tokenizers", "pyarrow"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
-def _manifest(config, source, digest, inputs, input_hashes, tokenizer_hashes, specs, train, lmsys, ut, units):
-    def describe(role: str, path: Path | None, rows: SourceRows | None) -> dict[str, Any]:
+def _describe_inputs(
+    inputs: Inputs, hashes: dict[str, str | None], rows: dict[str, SourceRows | None]
+) -> dict:
+    described = {}
+    for role in ("train", "lmsys", "ut"):
+        path = getattr(inputs, role)
         if path is None:
             missing = inputs.missing.get(role)
-            return {"present": False, "path": str(missing) if missing else None}
-        return {
+            described[role] = {"present": False, "path": str(missing) if missing else None}
+            continue
+        described[role] = {
             "present": True,
             "path": str(path),
-            "sha256": input_hashes[role],
+            "sha256": hashes[role],
             "bytes": path.stat().st_size,
-            "rows_read": rows.n_read,
-            "rows_used": len(rows),
+            "rows_read": rows[role].n_read,
+            "rows_used": len(rows[role]),
         }
-
-    skipped = [dataclasses.asdict(s) for rows in (train, lmsys, ut) if rows for s in rows.skipped]
-    for unit in units.values():
-        skipped += unit["skipped"]
-    counts = Counter(
-        f"{s['source']}: {s['reason']}" + ("" if s["scope"] == "all" else f" [{s['scope']}]") for s in skipped
-    )
-    folds = units["folds"]
-    return {
-        "format": FORMAT_VERSION,
-        "complete": True,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "fingerprint": digest,
-        "wsdm_version": __version__,
-        "prompt_contract": {"version": __version__, "sha256": prompt_contract_sha256()},
-        "libraries": _library_versions(),
-        "config_source": source,
-        "config": config.to_dict(),
-        "inputs": {
-            "train": describe("train", inputs.train, train),
-            "lmsys": describe("lmsys", inputs.lmsys, lmsys),
-            "ut": describe("ut", inputs.ut, ut),
-        },
-        "tokenizers": {
-            spec.key: {"path": str(spec.tokenizer_dir), "files": tokenizer_hashes[spec.key]} for spec in specs
-        },
-        "folds": {
-            "n_folds": config.prepare.n_folds,
-            "seed": config.prepare.fold_seed,
-            "rows_per_fold": folds["rows_per_fold"],
-            "label_b_per_fold": folds["label_b_per_fold"],
-        },
-        "models": [spec.key for spec in specs],
-        "outputs": [item for unit in units.values() for item in unit["outputs"]],
-        "skipped": {"total": len(skipped), "counts": dict(sorted(counts.items())), "rows": skipped},
-    }
-
-
-def _summary(manifest: dict[str, Any], out_dir: Path, seconds: float) -> str:
-    inputs = manifest["inputs"]
-    parts = [f"{inputs['train']['rows_used']:,} train rows in {manifest['folds']['n_folds']} folds"]
-    for role in ("lmsys", "ut"):
-        if inputs[role]["present"]:
-            parts.append(f"{inputs[role]['rows_used']:,} {role} rows")
-    outputs = manifest["outputs"]
-    tokens = sum(item.get("tokens", 0) for item in outputs)
-    return (
-        f"prepare: {', '.join(parts)}; {len(manifest['models'])} models; {len(outputs)} files, "
-        f"{tokens:,} tokens; {manifest['skipped']['total']} rows skipped; {seconds:.1f} s -> {out_dir}"
-    )
+    return described
