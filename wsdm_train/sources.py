@@ -106,19 +106,9 @@ def _flag(value: object, path: Path, row: int, column: str) -> int:
     raise WsdmError(f"{path}: row {row}: {column} is {value!r}, expected 0 or 1")
 
 
-def _frame(path: Path, required: tuple[str, ...], with_ids: bool) -> pd.DataFrame:
+def _frame(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     frame = read_table(path)
-    if with_ids:
-        validate_frame(frame, path, required)
-    else:
-        missing = [c for c in required if c not in frame.columns]
-        if missing:
-            raise WsdmError(
-                f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                f"(found: {', '.join(map(str, frame.columns)) or 'none'})"
-            )
-        if len(frame) == 0:
-            raise WsdmError(f"{path}: the table has no rows")
+    validate_frame(frame, path, required)
     return frame.reset_index(drop=True)
 
 
@@ -145,7 +135,7 @@ def _add_row(rows: SourceRows, key: str, id_: str, row: int, label: int, texts: 
 def read_competition(path: str | Path) -> CompetitionRows:
     """``winner == "model_a"`` is A, ``"model_b"`` is B; anything else stops the run with the row named."""
     path = Path(path)
-    frame = _frame(path, ("id", *TEXT_COLUMNS, "winner"), with_ids=True)
+    frame = _frame(path, ("id", *TEXT_COLUMNS, "winner"))
     winners = frame["winner"].tolist()
     labels = np.zeros(len(frame), dtype=np.int8)
     for i, winner in enumerate(winners):
@@ -181,13 +171,12 @@ def _pair_label(flags: dict[str, int], path: Path, row: int) -> int | None:
     return 1 if b == 1 else None
 
 
-def _read_pairs(
-    path: Path, source: str, required: tuple[str, ...], with_ids: bool, parse: bool
-) -> SourceRows:
-    frame = _frame(path, required, with_ids)
+def _read_pairs(path: Path, source: str, required: tuple[str, ...], parse: bool) -> SourceRows:
+    frame = _frame(path, required)
     flag_columns = [c for c in ("winner_model_a", "winner_model_b", "winner_tie") if c in frame.columns]
     flag_values = {c: frame[c].tolist() for c in flag_columns}
     rows = SourceRows(source=source, path=path, n_read=len(frame))
+    with_ids = "id" in required
     ids = [_id_text(v) for v in frame["id"].tolist()] if with_ids else [str(i) for i in range(len(frame))]
     mode = "reference" if parse else "none"
     columns = [frame[c].tolist() for c in TEXT_COLUMNS]
@@ -206,13 +195,11 @@ def _read_pairs(
 def read_lmsys(path: str | Path) -> SourceRows:
     """LMSYS layout: prompt and responses are list literals (multi-turn), parsed like the reference."""
     path = Path(path)
-    return _read_pairs(
-        path, "lmsys", ("id", *TEXT_COLUMNS, "winner_model_a", "winner_model_b"), with_ids=True, parse=True
-    )
+    return _read_pairs(path, "lmsys", ("id", *TEXT_COLUMNS, "winner_model_a", "winner_model_b"), parse=True)
 
 
 def read_ut(path: str | Path) -> SourceRows:
     """ut layout: plain strings used as they are; rows are keyed by their 0-based position, as the
     reference's ``id`` column was (the file's own ``id`` column, if any, is not used)."""
     path = Path(path)
-    return _read_pairs(path, "ut", (*TEXT_COLUMNS, "winner_model_a"), with_ids=False, parse=False)
+    return _read_pairs(path, "ut", (*TEXT_COLUMNS, "winner_model_a"), parse=False)
