@@ -85,7 +85,10 @@ class ArenaRows:
 def validate_frame(
     frame: pd.DataFrame, source: str | Path, required: tuple[str, ...] = REQUIRED_COLUMNS
 ) -> None:
-    """Raise a one-line error for a missing column, an empty table, or null/duplicate ids."""
+    """Raise a one-line error for a missing column, an empty table, or null/duplicate ids.
+
+    Ids are checked only when ``id`` is among the required columns (some tables have no ids).
+    """
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise WsdmError(
@@ -94,6 +97,8 @@ def validate_frame(
         )
     if len(frame) == 0:
         raise WsdmError(f"{source}: the table has no rows")
+    if "id" not in required:
+        return
     ids = frame["id"]
     null_positions = ids.isna().to_numpy().nonzero()[0]
     if len(null_positions):

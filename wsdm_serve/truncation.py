@@ -15,7 +15,9 @@ literal ``<|begin_of_text|>`` strings into the middle of prompts.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -109,15 +111,31 @@ def byte_size_bound(tokenizer) -> Callable[[str], int] | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    spec = json.loads(backend.to_str())
-    pre = spec.get("pre_tokenizer") or {}
-    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    if spec.get("model", {}).get("type") != "BPE" or not any(p.get("type") == "ByteLevel" for p in parts):
+    if not _is_byte_level_bpe(tokenizer, backend):
         return None
     normalizer = backend.normalizer
     if normalizer is None:
         return lambda text: len(text.encode("utf-8", "surrogatepass"))
     return lambda text: len(normalizer.normalize_str(text).encode("utf-8", "surrogatepass"))
+
+
+# Serialising a 150k-token vocabulary to inspect its model type takes most of a second, and callers
+# truncate in many chunks: the answer is kept per tokenizer object (its model does not change).
+_BYTE_LEVEL_BPE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _is_byte_level_bpe(tokenizer, backend) -> bool:
+    try:
+        return _BYTE_LEVEL_BPE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    spec = json.loads(backend.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    answer = spec.get("model", {}).get("type") == "BPE" and any(p.get("type") == "ByteLevel" for p in parts)
+    with contextlib.suppress(TypeError):
+        _BYTE_LEVEL_BPE[tokenizer] = answer
+    return answer
 
 
 def truncate_rows(

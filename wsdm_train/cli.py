@@ -1,16 +1,81 @@
-"""`wsdm-train`: the stages that reproduce the released model."""
+"""`wsdm-train`: the stages that reproduce the released model.
+
+Every stage reads one configuration: a preset (`reference`, `tiny`) or a YAML file, plus
+`--set section.field=value` overrides. Heavy libraries are imported inside commands so
+`wsdm-train --help` is instant.
+"""
 
 from __future__ import annotations
+
+import logging
+import sys
 
 import click
 
 from wsdm_serve import __version__
+from wsdm_serve.cli import user_errors
+
+
+def config_options(command):
+    """--config and --set, shared by every stage; the command receives `config_name` and `overrides`."""
+    command = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.FIELD=VALUE",
+        help="Override one configuration field (repeatable), e.g. --set prepare.n_folds=3.",
+    )(command)
+    command = click.option(
+        "--config",
+        "config_name",
+        default="reference",
+        show_default=True,
+        help="Preset name (reference, tiny) or a YAML file (which may start with `base: reference`).",
+    )(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wsdm-train")
-def main() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes; errors and the summary only.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool) -> None:
     """Reproduce the training of the released judge, stage by stage."""
+    logging.basicConfig(
+        level=logging.ERROR if quiet else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("transformers", "huggingface_hub", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    ctx.obj = {"quiet": quiet}
+
+
+@main.command()
+@config_options
+@click.option("--force", is_flag=True, help="Rebuild even when the manifest says the data is up to date.")
+@click.pass_context
+@user_errors
+def prepare(ctx, config_name, overrides, force) -> None:
+    """Folds, per-fold train/dev sets and post-pretraining sets for the student and every teacher.
+
+    Reads paths.data_dir/{train.parquet, notie_lmsys.csv, ut_multi.csv} (names from the prepare
+    section) and writes Parquet files and a manifest under paths.processed_dir. A re-run with the
+    same inputs, tokenizers and settings does nothing.
+    """
+    from .config import load_config
+    from .prepare import run_prepare
+
+    quiet = ctx.obj["quiet"]
+    config = load_config(config_name, overrides)
+    result = run_prepare(
+        config,
+        config_source=config_name,
+        force=force,
+        progress=not quiet,
+        echo=(lambda message: None) if quiet else (lambda message: click.echo(message, err=True)),
+    )
+    click.echo(result.summary, err=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""YAML presets of the training configuration (package data, read by ``wsdm_train.config``)."""
