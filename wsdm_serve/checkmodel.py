@@ -412,7 +412,9 @@ def check_weights_against_config(
         )
     dtypes = Counter(str(entry.get("dtype")) for entry in tensors.values())
     report.fact("tensor dtypes", ", ".join(f"{d} x{c}" for d, c in dtypes.most_common()))
-    report.fact("parameters", f"~{estimate_parameters(tensors, quant) / 1e9:.3f}B (from the weight headers)")
+    count = estimate_parameters(tensors, quant)
+    scaled = f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+    report.fact("parameters", f"~{scaled} (from the weight headers)")
 
 
 def estimate_parameters(tensors: dict[str, dict], quant: dict | None) -> int:
