@@ -504,11 +504,11 @@ def _start(path: str | Path) -> ModelReport:
     return report
 
 
-def check_model(path: str | Path, *, trust_remote_code: bool = False) -> ModelReport:
-    """Every check that needs no model load: config, quantization, weights, tokenizer."""
+def check_files(path: str | Path, *, trust_remote_code: bool = False) -> tuple[ModelReport, dict | None]:
+    """Config, quantization and weights (no tokenizer); also returns the parsed config."""
     report = _start(path)
     if report.problems:
-        return report
+        return report, None
     config = read_config(report)
     quant = None
     if config is not None:
@@ -517,7 +517,14 @@ def check_model(path: str | Path, *, trust_remote_code: bool = False) -> ModelRe
     weights = find_weights(report)
     if weights is not None and config is not None:
         check_weights_against_config(report, weights, config, quant)
-    check_tokenizer(report, config, trust_remote_code)
+    return report, config
+
+
+def check_model(path: str | Path, *, trust_remote_code: bool = False) -> ModelReport:
+    """Every check that needs no model load: config, quantization, weights, tokenizer."""
+    report, config = check_files(path, trust_remote_code=trust_remote_code)
+    if report.path.is_dir():
+        check_tokenizer(report, config, trust_remote_code)
     return report
 
 
