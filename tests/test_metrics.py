@@ -5,7 +5,7 @@ The table (label 0 = A won, 1 = B won; s = P(letter A) on the swapped prompt):
     row  label  p_a   s     TTA P(A) = (p_a + 1 - s) / 2   n_tokens  language
     r1   A      0.85  0.30  0.775                          100       en
     r2   A      0.65  0.70  0.475                          300       en
-    r3   B      0.35  0.60  0.375                          600       de
+    r3   B      0.35  0.40  0.475                          600       de
     r4   B      0.75  0.85  0.450                          150       de
     r5   A      0.45  0.30  0.575                          700       en
     r6   B      0.15  0.90  0.125                          250       fr
@@ -23,8 +23,8 @@ from wsdm_serve import metrics
 
 LABELS = np.array([0, 0, 1, 1, 0, 1])
 P_A = np.array([0.85, 0.65, 0.35, 0.75, 0.45, 0.15])
-S = np.array([0.30, 0.70, 0.60, 0.85, 0.30, 0.90])
-TTA = np.array([0.775, 0.475, 0.375, 0.450, 0.575, 0.125])
+S = np.array([0.30, 0.70, 0.40, 0.85, 0.30, 0.90])
+TTA = np.array([0.775, 0.475, 0.475, 0.450, 0.575, 0.125])
 N_TOKENS = np.array([100, 300, 600, 150, 700, 250])
 LANGUAGES = ["en", "en", "de", "de", "en", "fr"]
 
@@ -41,29 +41,30 @@ FORWARD = {
     "mean_p_a": 3.2 / 6,
 }
 # TTA: picks A, B, B, B, A, B -> right, wrong, right, right, right, right.
-# P(winner) = .775 .475 .625 .55 .575 .875; -ln sum = .2548922 + .7444405 + .4700036 + .5978370
-#   + .5533852 + .1335314 = 2.7540899
-# squares = .050625 .275625 .140625 .2025 .180625 .015625 (sum .865625)
-# ECE: bin 5 {r2, r4, r5: acc 2/3, mean conf (.525 + .55 + .575) / 3 = .55} -> 3/6 * .1166667
-#      bin 6 {r3: 1, .625} -> .375 / 6, bin 7 {r1: 1, .775} -> .225 / 6, bin 8 {r6: 1, .875} -> .125 / 6
+# P(winner) = .775 .475 .525 .55 .575 .875; -ln sum = .2548922 + .7444405 + .6443570 + .5978370
+#   + .5533852 + .1335314 = 2.9284433
+# squares = .050625 .275625 .225625 .2025 .180625 .015625 (sum .950625)
+# ECE: bin 5 {r2, r3, r4, r5: acc 3/4, mean conf (.525 + .525 + .55 + .575) / 4 = .54375}
+#        -> 4/6 * .20625 = .1375
+#      bin 7 {r1: 1, .775} -> .225 / 6 = .0375, bin 8 {r6: 1, .875} -> .125 / 6 = .0208333
 WITH_TTA = {
     "accuracy": 5 / 6,
-    "log_loss": 2.7540899 / 6,
-    "brier": 0.865625 / 6,
-    "ece": 0.0583333 + 0.0625 + 0.0375 + 0.0208333,
-    "mean_p_a": 2.775 / 6,
+    "log_loss": 2.9284433 / 6,
+    "brier": 0.950625 / 6,
+    "ece": 0.1375 + 0.0375 + 0.0208333,
+    "mean_p_a": 2.875 / 6,
 }
 # Position bias: forward picks A in r1, r2, r4 (3/6); swapped prompts pick letter A where s > .5:
-# r2, r3, r4, r6 (4/6). Original A chosen forward: r1 r2 r4; swapped (s < .5): r1 r5 -> agree in
-# r1, r3, r6 = 3/6. Mean s = 3.65 / 6.
+# r2, r4, r6 (3/6). Original A chosen forward: r1 r2 r4; swapped (s < .5): r1 r3 r5 -> agree in
+# r1 and r6 only = 2/6. Mean s = 3.45 / 6.
 POSITION = {
     "label_a_rate": 0.5,
     "mean_p_a_forward": 3.2 / 6,
     "first_slot_rate_forward": 0.5,
-    "mean_p_a_swapped": 3.65 / 6,
-    "mean_p_first_slot": (3.2 / 6 + 3.65 / 6) / 2,
-    "first_slot_rate": (3 / 6 + 4 / 6) / 2,
-    "swap_agreement": 0.5,
+    "mean_p_a_swapped": 3.45 / 6,
+    "mean_p_first_slot": (3.2 / 6 + 3.45 / 6) / 2,
+    "first_slot_rate": 0.5,
+    "swap_agreement": 2 / 6,
 }
 BY_LANGUAGE_FORWARD = {"en": (3, 2 / 3), "de": (2, 0.5), "fr": (1, 1.0)}
 BY_LANGUAGE_TTA = {"en": (3, 2 / 3), "de": (2, 1.0), "fr": (1, 1.0)}

@@ -143,13 +143,12 @@ class LabelledTable:
 
 def load_labelled(path: str | Path, limit: int | None = None) -> LabelledTable:
     """Read a labelled table (first ``limit`` rows if given) and drop ties, counting them."""
-    from .data import read_table
+    from .data import read_table, validate_frame
 
     frame = read_table(path)
-    if "id" not in frame.columns:
-        raise WsdmError(f"{path}: missing column id")
     if limit is not None:
         frame = frame.head(limit)
+    validate_frame(frame, path, required=("id",))
     labels = labels_from_frame(frame, path)
     keep = labels != TIE
     if not keep.any():
