@@ -368,7 +368,7 @@ def test_kaggle_download_end_to_end(kaggle, tiny_model_dir, tmp_path):
     [
         (401, "Kaggle refused access (HTTP 401); set KAGGLE_USERNAME and KAGGLE_KEY"),
         (403, "Kaggle refused access (HTTP 403); set KAGGLE_USERNAME and KAGGLE_KEY"),
-        (404, "not found on Kaggle"),
+        (404, "not found on Kaggle (check the handle at https://www.kaggle.com/models/"),
     ],
 )
 def test_kaggle_http_errors_are_one_line(kaggle, tmp_path, status, message):
@@ -401,7 +401,8 @@ def test_kaggle_unreachable_fails_fast(kaggle, tmp_path, monkeypatch):
     )
     assert result.exit_code == 2
     assert f"no network (127.0.0.1:{port} unreachable" in result.stderr
-    assert "download the model by hand" in result.stderr and result.stderr.count("\n") == 1
+    assert f"download it by hand from https://www.kaggle.com/models/{HANDLE}" in result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 def test_default_source_without_network_or_credentials(tmp_path):

@@ -129,8 +129,12 @@ def test_probs_without_swapped_columns_give_one_variant(hand_tables, tmp_path):
             lambda t, p: t.drop(columns=["winner_model_a"]).assign(winner=["model_a"] * 6 + ["draw"]),
             "row 7: winner",
         ),
+        (
+            lambda t, p: t.assign(id=["r1", "r2", "r3", "tie-row", "r4", "r5", "r1"]),
+            "duplicate id 'r1' at rows 1 and 7",
+        ),
     ],
-    ids=["no-labels", "two-ones", "not-binary", "bad-winner"],
+    ids=["no-labels", "two-ones", "not-binary", "bad-winner", "duplicate-id"],
 )
 def test_bad_labels_are_one_line_errors(hand_tables, tmp_path, change, message):
     table, probs = hand_tables

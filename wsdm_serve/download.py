@@ -34,11 +34,14 @@ DEFAULT_SOURCE = f"kaggle:{KAGGLE_HANDLE}"
 KAGGLE_MODELS_URL = "https://www.kaggle.com/models/"
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 PROBE_TIMEOUT_S = 10.0
-CREDENTIALS_HINT = (
-    "set KAGGLE_USERNAME and KAGGLE_KEY (or put kaggle.json in ~/.kaggle/), "
-    "or download the model by hand and pass --source PATH"
-)
+CREDENTIALS_HINT = "set KAGGLE_USERNAME and KAGGLE_KEY (or put kaggle.json in ~/.kaggle/)"
 MANUAL_HINT = "or download the model by hand (folder or archive) and pass --source PATH"
+
+
+def kaggle_manual_hint(handle: str) -> str:
+    return (
+        f"or download it by hand from {KAGGLE_MODELS_URL}{handle} and pass --source PATH (folder or archive)"
+    )
 
 
 class ModelRejected(WsdmError):
@@ -177,7 +180,8 @@ def fetch_kaggle(handle: str) -> Path:
         reason = _endpoint_reachable(endpoint)
         if reason:
             raise WsdmError(
-                f"cannot download kaggle:{handle}: no network ({reason}); connect to the internet, {MANUAL_HINT}"
+                f"cannot download kaggle:{handle}: no network ({reason}); connect to the internet, "
+                f"{kaggle_manual_hint(handle)}"
             )
     try:
         return Path(kagglehub.model_download(handle))
@@ -193,24 +197,26 @@ def kaggle_error(exc: BaseException, handle: str) -> WsdmError:
 
     prefix = f"cannot download kaggle:{handle}"
     url = f"{KAGGLE_MODELS_URL}{handle}"
+    manual = kaggle_manual_hint(handle)
     reason = " ".join(str(exc).split())[:300] or type(exc).__name__
     status = getattr(getattr(exc, "response", None), "status_code", None)
     name = type(exc).__name__
     if isinstance(exc, requests.ConnectionError | requests.Timeout):
-        return WsdmError(f"{prefix}: no network ({name}); connect to the internet, {MANUAL_HINT}")
+        return WsdmError(f"{prefix}: no network ({name}); connect to the internet, {manual}")
     if status in (401, 403) or name in ("UnauthenticatedError", "CredentialError"):
-        return WsdmError(f"{prefix}: Kaggle refused access (HTTP {status or 401}); {CREDENTIALS_HINT}")
+        refused = f"HTTP {status}" if status else "not signed in"
+        return WsdmError(f"{prefix}: Kaggle refused access ({refused}); {CREDENTIALS_HINT}, {manual}")
     if status == 404 or name == "NotFoundError":
-        return WsdmError(f"{prefix}: not found on Kaggle (check the handle, see {url}); {MANUAL_HINT}")
+        return WsdmError(f"{prefix}: not found on Kaggle (check the handle at {url}), or pass --source PATH")
     if name == "DataCorruptionError":
         return WsdmError(f"{prefix}: a file arrived corrupted (checksum mismatch); run the command again")
     if isinstance(exc, ValueError) and "credentials" in reason.lower():
-        return WsdmError(f"{prefix}: {reason}; fix or remove that file, or {CREDENTIALS_HINT}")
+        return WsdmError(f"{prefix}: {reason}; fix or remove that file, or {CREDENTIALS_HINT} instead")
     if isinstance(exc, OSError) and exc.strerror:
         return WsdmError(
             f"{prefix}: {exc.strerror} ({exc.filename or 'kagglehub cache'}); free space or set KAGGLEHUB_CACHE"
         )
-    return WsdmError(f"{prefix}: {name}: {reason}; {MANUAL_HINT}")
+    return WsdmError(f"{prefix}: {name}: {reason}; {manual}")
 
 
 def fetch_hf(repo_id: str, revision: str | None) -> Path:
