@@ -118,6 +118,60 @@ def vllm_options(command):
     return command
 
 
+ENGINE_PARAMETERS = {
+    "engine": "name",
+    "device": "device",
+    "dtype": "dtype",
+    "batch_tokens": "batch_tokens",
+    "gpus": "gpus",
+    "tensor_parallel": "tensor_parallel",
+    "max_model_len": "max_model_len",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "enforce_eager": "enforce_eager",
+}
+
+
+def engine_options(command):
+    """Which engine scores prompts and its settings (predict, evaluate, check-model --smoke).
+
+    The command receives them as one ``engine_options`` argument, an ``EngineOptions``, so every
+    command that scores understands the same options the same way.
+    """
+
+    @functools.wraps(command)
+    def collect(*args, **kwargs):
+        from .engines.select import EngineOptions
+
+        values = {field: kwargs.pop(parameter) for parameter, field in ENGINE_PARAMETERS.items()}
+        return command(*args, engine_options=EngineOptions(**values), **kwargs)
+
+    command = vllm_options(collect)
+    command = click.option(
+        "--batch-tokens",
+        type=click.IntRange(min=1),
+        default=None,
+        help="hf engine: padded tokens per batch [default: 32768 on GPU, 8192 on CPU].",
+    )(command)
+    command = click.option(
+        "--dtype",
+        type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+        default="auto",
+        show_default=True,
+        help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU.",
+    )(command)
+    command = click.option(
+        "--device", default="auto", show_default=True, help="hf engine: auto, cpu, cuda or cuda:N."
+    )(command)
+    command = click.option(
+        "--engine",
+        type=click.Choice(["auto", "hf", "vllm"]),
+        default="auto",
+        show_default=True,
+        help="auto: vllm when it imports and a CUDA GPU is visible, else hf (transformers).",
+    )(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wsdm-serve")
 @click.option(
@@ -165,28 +219,7 @@ def main(ctx: click.Context, quiet: bool) -> None:
     default=None,
     help="Minutes for the whole job with --tta budget [default: the reference's rule from the row count].",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["auto", "hf", "vllm"]),
-    default="auto",
-    show_default=True,
-    help="auto: vllm when it imports and a CUDA GPU is visible, else hf (transformers).",
-)
-@click.option("--device", default="auto", show_default=True, help="hf engine: auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 on GPUs that have it (compute capability 8.0+), fp16 on older GPUs (T4), fp32 on CPU.",
-)
-@click.option(
-    "--batch-tokens",
-    type=click.IntRange(min=1),
-    default=None,
-    help="hf engine: padded tokens per batch [default: 32768 on GPU, 8192 on CPU].",
-)
-@vllm_options
+@engine_options
 @truncation_options
 @model_options
 @click.pass_context
@@ -199,15 +232,7 @@ def predict(
     probs,
     tta,
     time_budget,
-    engine,
-    device,
-    dtype,
-    batch_tokens,
-    gpus,
-    tensor_parallel,
-    max_model_len,
-    gpu_memory_utilization,
-    enforce_eager,
+    engine_options,
     token_budget,
     response_word_cap,
     text_normalization,
@@ -217,7 +242,6 @@ def predict(
     import pandas as pd
 
     from .data import load_arena_rows
-    from .engines.select import EngineOptions
     from .outputs import check_writable, write_frame
     from .predict import PredictConfig, run_predict
     from .truncation import TruncationConfig
@@ -235,17 +259,7 @@ def predict(
         tta=tta,
         time_budget_minutes=time_budget,
         truncation=TruncationConfig(token_budget=token_budget, response_word_cap=response_word_cap),
-        engine=EngineOptions(
-            name=engine,
-            device=device,
-            dtype=dtype,
-            batch_tokens=batch_tokens,
-            gpus=gpus,
-            tensor_parallel=tensor_parallel,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-        ),
+        engine=engine_options,
         trust_remote_code=trust_remote_code,
         progress=not quiet,
     )
@@ -307,6 +321,229 @@ def render(
     )
     write_frame(frame, out)
     click.echo(f"render: {len(frame)} rows, {int(prompts.n_tokens.sum()):,} tokens -> {out}", err=True)
+
+
+DEFAULT_EVAL_DIR = Path("sub/eval")
+
+
+@main.command("download-final-model")
+@click.option(
+    "--source",
+    default=None,
+    help="Kaggle handle (owner/model/framework/variation[/version]), Hugging Face repo id (owner/name), "
+    "kaggle.com or huggingface.co URL, local model folder, or .zip/.tar.gz/.tgz/.tar archive "
+    "[default: the released judge on Kaggle].",
+)
+@click.option(
+    "--dest",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="Where the model folder is installed.",
+)
+@click.option(
+    "--force", is_flag=True, help="Replace an existing --dest (only after the new copy passes its checks)."
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    default=False,
+    help="Allow code shipped inside the model folder to run while checking it.",
+)
+@click.pass_context
+@user_errors
+def download_final_model(ctx, source, dest, force, trust_remote_code) -> None:
+    """Fetch the released judge (or --source), check it, and install it as --dest.
+
+    The download goes to a hidden folder next to --dest and is renamed into place only after
+    the checks pass, so an interrupted or broken download never leaves a half-written model.
+    """
+    from .download import DEFAULT_SOURCE, ModelRejected, download_final_model
+
+    try:
+        report = download_final_model(
+            source or DEFAULT_SOURCE,
+            dest,
+            force=force,
+            progress=not ctx.obj["quiet"],
+            trust_remote_code=trust_remote_code,
+        )
+    except ModelRejected as exc:
+        click.echo(exc.report.format())
+        raise
+    click.echo(report.format())
+    click.echo(f"download-final-model: installed {source or DEFAULT_SOURCE} -> {dest}", err=True)
+
+
+@main.command("check-model")
+@click.argument("path", type=click.Path(path_type=Path), default=DEFAULT_MODEL, required=False)
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="Also load the model on the chosen engine and score one row in both orders.",
+)
+@engine_options
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    default=False,
+    help="Allow code shipped inside the model folder to run.",
+)
+@click.pass_context
+@user_errors
+def check_model_command(ctx, path, smoke, engine_options, trust_remote_code) -> None:
+    """Check a model folder: config, quantization, weights, tokenizer, answer letters.
+
+    Prints what was found and one line per problem; exits with code 2 when there are problems.
+    """
+    from .checkmodel import check_model, smoke_test
+
+    report = check_model(path, trust_remote_code=trust_remote_code)
+    if smoke and report.ok:
+        smoke_test(report, engine_options, trust_remote_code)
+    elif smoke:
+        report.fact("smoke test", "skipped: fix the problems below first")
+    click.echo(report.format())
+    if not report.ok:
+        sys.exit(EXIT_USAGE)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="Model folder that scores the rows (not used with --probs).",
+)
+@click.option(
+    "--probs",
+    "probs_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Evaluate these probabilities instead of running a model: parquet/csv with id, p_a, p_b "
+    "[, p_a_swapped, p_b_swapped][, n_tokens] (what --save-probs writes).",
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_EVAL_DIR,
+    show_default=True,
+    help="Folder for the PNG plots (calibration.png, accuracy_by_length.png).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Metrics as JSON [default: OUT_DIR/metrics.json].",
+)
+@click.option(
+    "--save-probs",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the probabilities (forward and swapped) to this .parquet, for a later --probs.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N rows of PATH.")
+@click.option(
+    "--length-edges",
+    default="512,1024,2048,4096",
+    show_default=True,
+    help="Token counts that split the prompt-length buckets.",
+)
+@click.option(
+    "--bins",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    help="Equal-width bins for ECE and the curve.",
+)
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@engine_options
+@truncation_options
+@model_options
+@click.pass_context
+@user_errors
+def evaluate(
+    ctx,
+    path,
+    model,
+    probs_file,
+    out_dir,
+    json_path,
+    save_probs,
+    limit,
+    length_edges,
+    bins,
+    no_plots,
+    engine_options,
+    token_budget,
+    response_word_cap,
+    text_normalization,
+    trust_remote_code,
+) -> None:
+    """Score a labelled table (winner, or winner_model_a/b/tie) and report how good the judge is.
+
+    Every row is scored in both orders, so the report has the judge without TTA, with TTA, and
+    its position bias. Ties are counted and left out. Table on stdout, JSON and PNGs on disk.
+    """
+    from . import evaluate as ev
+    from .outputs import check_writable, write_frame
+    from .predict import PredictConfig
+    from .truncation import TruncationConfig
+
+    try:
+        edges = sorted({int(e) for e in length_edges.split(",") if e.strip()})
+    except ValueError:
+        raise WsdmError(f"--length-edges {length_edges!r}: expected comma-separated integers") from None
+    if any(e <= 0 for e in edges):
+        raise WsdmError(f"--length-edges {length_edges!r}: token counts must be positive")
+    if save_probs is not None and save_probs.suffix.lower() != ".parquet":
+        raise WsdmError(f"{save_probs}: --save-probs writes parquet; give a .parquet path")
+    json_path = json_path or out_dir / "metrics.json"
+    check_writable(json_path, save_probs, None if no_plots else out_dir / "calibration.png")
+    table = ev.load_labelled(path, limit)
+    if probs_file is not None:
+        scored = ev.scored_from_probs(table, probs_file, path)
+    else:
+        config = PredictConfig(
+            model=model,
+            truncation=TruncationConfig(token_budget=token_budget, response_word_cap=response_word_cap),
+            engine=engine_options,
+            trust_remote_code=trust_remote_code,
+            progress=not ctx.obj["quiet"],
+        )
+        scored = ev.scored_from_model(table, path, config, text_normalization)
+    report = ev.evaluate_scored(scored, edges, bins)
+    report = {
+        "table": str(path),
+        "model": None if probs_file is not None else str(model),
+        "probs": None if probs_file is None else str(probs_file),
+        "rows_read": table.rows_read,
+        "ties_excluded": table.ties,
+        **report,
+        "plots": {},
+    }
+    if save_probs is not None:
+        write_frame(ev.probs_frame(scored), save_probs)
+    if not no_plots:
+        from .plots import plot_accuracy_by_length, plot_calibration
+
+        report["plots"]["calibration"] = str(plot_calibration(report, out_dir / "calibration.png"))
+        if report["by_length"]:
+            report["plots"]["accuracy_by_length"] = str(
+                plot_accuracy_by_length(report, out_dir / "accuracy_by_length.png")
+            )
+    ev.write_json(report, json_path)
+    what = f"probabilities {probs_file}" if probs_file is not None else f"model {model}"
+    click.echo(
+        f"evaluate: {path}, {table.rows_read} rows read, {table.ties} ties excluded, "
+        f"{len(scored.labels)} evaluated with {what}"
+    )
+    click.echo(ev.format_report(report))
+    written = [str(json_path), *report["plots"].values(), *([str(save_probs)] if save_probs else [])]
+    click.echo(f"evaluate: wrote {', '.join(written)}", err=True)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,13 @@ def validate_frame(
 
 def load_arena_rows(path: str | Path, normalization: Normalization = "reference") -> ArenaRows:
     """Read, validate and normalise a table of ``id, prompt, response_a, response_b`` rows."""
-    frame = read_table(path)
+    return arena_rows_from_frame(read_table(path), path, normalization)
+
+
+def arena_rows_from_frame(
+    frame: pd.DataFrame, path: str | Path, normalization: Normalization = "reference"
+) -> ArenaRows:
+    """Validate and normalise rows already read (``path`` names them in messages)."""
     validate_frame(frame, path)
     null_cells = 0
     columns: dict[str, list[str]] = {}

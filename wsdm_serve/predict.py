@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .checkmodel import preflight
 from .data import ArenaRows
 from .engines.base import ScoringEngine
 from .engines.select import EngineOptions, check_options, create_engine
 from .preprocess import PromptSet, build_prompts
 from .prompt import letter_token_ids
-from .tokenizer import load_tokenizer
 from .truncation import INFERENCE_TRUNCATION, TruncationConfig
 from .tta import TTAMode, TTAPlan, combine_swapped, least_confident, softmax2
 
@@ -39,7 +39,10 @@ class PredictConfig:
 
 @dataclass
 class PredictResult:
-    """Probabilities in input order; ``forward`` is before TTA, ``probs`` after."""
+    """Probabilities in input order; ``forward`` is before TTA, ``probs`` after.
+
+    ``swapped[k]`` belongs to row ``rescored[k]``; ``row_tokens`` is each row's forward prompt length.
+    """
 
     ids: list
     forward: np.ndarray
@@ -49,6 +52,7 @@ class PredictResult:
     n_tokens: int
     seconds: float
     engine: str
+    row_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def summary(self) -> str:
         return (
@@ -90,7 +94,8 @@ def run_predict(
     started_at = time.time() if started_at is None else started_at
     if engine is None:
         check_options(config.engine)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    # Config, tokenizer and answer letters are checked before minutes of loading weights.
+    tokenizer = preflight(config.model, config.trust_remote_code)
     letters = letter_token_ids(tokenizer)
     prompts: PromptSet = build_prompts(
         rows, tokenizer, config.truncation, with_swapped_ids=config.tta != "none", progress=config.progress
@@ -127,4 +132,5 @@ def run_predict(
         n_tokens=n_tokens,
         seconds=time.time() - started_at,
         engine=engine_name,
+        row_tokens=prompts.n_tokens.copy(),
     )
