@@ -13,5 +13,10 @@ def main() -> None:
     """Reproduce the training of the released judge, stage by stage."""
 
 
+# Training stages (pretrain, finetune, teacher-predict, distill).
+from .stage_commands import add_stage_commands  # noqa: E402
+
+add_stage_commands(main)
+
 if __name__ == "__main__":
     main()
