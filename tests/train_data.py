@@ -139,3 +139,68 @@ def write_processed(
             )
         pretrain_frame(ut, tokenizer, pre_cfg, system).to_parquet(base / "pretrain.parquet")
     return root
+
+
+KEYWORDS = ("apple", "river", "castle", "guitar", "planet", "forest", "candle", "rocket")
+FILLER = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "birds",
+    "sing",
+    "near",
+    "green",
+    "hills",
+    "and",
+    "calm",
+    "water",
+]
+
+
+def keyword_rule_rows(n: int, seed: int) -> pd.DataFrame:
+    """Arena rows with a learnable preference: the response that repeats the prompt's keyword wins.
+
+    The loser is filler text without the keyword; the winner's slot (A or B) is random, so a model
+    must locate the keyword's response to beat chance.
+    """
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        keyword = KEYWORDS[rng.integers(len(KEYWORDS))]
+        winner = " ".join([keyword] * int(rng.integers(3, 7)))
+        loser = " ".join(rng.choice(FILLER, size=int(rng.integers(4, 10)), replace=False))
+        label = int(rng.integers(2))
+        a, b = (winner, loser) if label == 0 else (loser, winner)
+        records.append(
+            {
+                "id": f"rule{seed}-{i}",
+                "prompt": f"Repeat the word {keyword} a few times.",
+                "response_a": a,
+                "response_b": b,
+                "label": label,
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def rule_examples(tokenizer, n: int, seed: int):
+    """Student-prompt token ids of :func:`keyword_rule_rows`, as trainer examples."""
+    from wsdm_train.trainer import Examples
+
+    frame = keyword_rule_rows(n, seed)
+    frame["row_key"] = "train:" + frame["id"]
+    frame["source"] = "train"
+    frame["fold"] = 0
+    fold = fold_frame(frame, tokenizer, STUDENT_TRAIN, STUDENT_SYSTEM_PROMPT)
+    return Examples(
+        [np.asarray(ids, dtype=np.int64) for ids in fold["input_ids"]],
+        fold["label"].to_numpy(np.int64),
+        fold["row_key"].tolist(),
+    )
