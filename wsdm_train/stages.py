@@ -15,8 +15,8 @@ Inputs follow the processed-data contract written by ``wsdm-train prepare``; out
 from __future__ import annotations
 
 import gc
-import logging
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +55,12 @@ from .trainer import (
     seed_everything,
 )
 
-log = logging.getLogger(__name__)
+
+def note(ctx: DistContext, message: str) -> None:
+    """One line on stderr from the main process (library log config cannot swallow it)."""
+    if ctx.is_main:
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
 
 FOLD_COLUMNS = ("row_key", "label", "input_ids")
 PRETRAIN_COLUMNS = ("row_key", "label", "input_ids", "input_ids_swapped", "label_swapped")
@@ -426,7 +431,7 @@ def pretrain(config: TrainingConfig, targets: list[str], options: RunOptions) ->
         for role, spec, settings in jobs:
             out_dir = layout.pretrain_out(role, spec.name)
             if _finished(out_dir, options):
-                log.warning("%s: already trained (final/ exists); skipping (use --force to retrain)", out_dir)
+                note(ctx, f"{out_dir}: already trained (final/ exists); skipping (use --force to retrain)")
                 continue
             train, dev = pretrain_examples(layout.pretrain_data(role, spec.name), settings, settings.seed)
             loaded = load_for_training(spec, config, ctx, None, settings.seed)
@@ -465,7 +470,9 @@ def finetune(
             for fold in resolve_folds(folds, layout.folds(layout.processed / "teachers" / name)):
                 out_dir = layout.teacher_out(name, fold)
                 if _finished(out_dir, options):
-                    log.warning("%s: already trained; skipping (use --force to retrain)", out_dir)
+                    note(
+                        ctx, f"{out_dir}: already trained (final/ exists); skipping (use --force to retrain)"
+                    )
                     continue
                 train = fold_examples(layout.teacher_fold(name, fold, "train"))
                 dev = fold_examples(layout.teacher_fold(name, fold, "dev"))
@@ -507,7 +514,7 @@ def teacher_predict(
             for fold in resolve_folds(folds, layout.folds(layout.processed / "teachers" / name)):
                 out = layout.predictions(name, fold)
                 if out.exists() and not options.force:
-                    log.warning("%s: exists; skipping (use --force to recompute)", out)
+                    note(ctx, f"{out}: exists; skipping (use --force to recompute)")
                     written.append(out)
                     continue
                 adapter = layout.teacher_out(name, fold) / "best"
@@ -537,12 +544,10 @@ def teacher_predict(
                     )
                     if split == "dev" and ctx.is_main:
                         metrics = dev_metrics(logits, examples.labels)
-                        log.info(
-                            "%s fold %d dev: acc %.4f log loss %.4f",
-                            name,
-                            fold,
-                            metrics["acc"],
-                            metrics["log_loss"],
+                        note(
+                            ctx,
+                            f"{name} fold {fold} dev (out of fold): acc {metrics['acc']:.4f} "
+                            f"log loss {metrics['log_loss']:.4f}",
                         )
                 if ctx.is_main:
                     write_frame(pd.concat(frames, ignore_index=True), out)
@@ -565,7 +570,7 @@ def distill(config: TrainingConfig, folds: str, options: RunOptions) -> list[Sta
         for fold in resolve_folds(folds, layout.folds(layout.processed / "student")):
             out_dir = layout.student_out(fold)
             if _finished(out_dir, options):
-                log.warning("%s: already trained; skipping (use --force to retrain)", out_dir)
+                note(ctx, f"{out_dir}: already trained (final/ exists); skipping (use --force to retrain)")
                 continue
             sources = []
             for name in names:
@@ -577,10 +582,9 @@ def distill(config: TrainingConfig, folds: str, options: RunOptions) -> list[Sta
                 fold_examples(layout.student_fold(fold, "train")), sources, settings.missing_teacher_logits
             )
             if dropped:
-                log.warning(
-                    "fold %d: %d training row(s) without logits from every teacher were dropped",
-                    fold,
-                    dropped,
+                note(
+                    ctx,
+                    f"fold {fold}: {dropped} training row(s) without logits from every teacher were dropped",
                 )
             dev = fold_examples(layout.student_fold(fold, "dev"))
             init = (

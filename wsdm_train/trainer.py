@@ -804,7 +804,7 @@ def run_stage(run: StageRun) -> StageResult:
             )
             evaluated = False
             if periodic or ((epoch_end or done) and cadence.at_epoch_end):
-                evaluate("periodic" if periodic else "epoch_end")
+                evaluate("epoch_end" if epoch_end or done else "periodic")
                 backend.train()
                 evaluated = True
             checkpoint_due = settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0
