@@ -103,6 +103,8 @@ def init_distributed(use_deepspeed: bool, device: str = "auto") -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda":
+        device = f"cuda:{local_rank}"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise WsdmError(f"--device {device}: no CUDA GPU is visible")
