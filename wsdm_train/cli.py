@@ -78,5 +78,10 @@ def prepare(ctx, config_name, overrides, force) -> None:
     click.echo(result.summary, err=True)
 
 
+# Training stages (pretrain, finetune, teacher-predict, distill).
+from .stage_commands import add_stage_commands  # noqa: E402
+
+add_stage_commands(main)
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,168 @@
+"""`wsdm-train pretrain | finetune | teacher-predict | distill`.
+
+Every command runs the same way on one CPU, one GPU or many: launched plainly it is one process;
+launched by ``torchrun`` or the ``deepspeed`` launcher (``-m wsdm_train.cli ...``) every process
+runs it and the trainer splits the work. Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from wsdm_serve.cli import user_errors
+
+CONFIG_HELP = "Preset name (reference, tiny) or a YAML file."
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.ERROR if quiet else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("transformers", "huggingface_hub", "httpx", "peft", "DeepSpeed", "deepspeed", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def common_options(command):
+    options = [
+        click.option("--config", "config_name", default="reference", show_default=True, help=CONFIG_HELP),
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="SECTION.FIELD=VALUE",
+            help="Override one config field (repeatable), e.g. --set distill.temperature=2.",
+        ),
+        click.option(
+            "--deepspeed",
+            default="preset",
+            show_default=True,
+            help="DeepSpeed config: zero2, zero3, a JSON file, or none; 'preset' uses the stage's setting.",
+        ),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu, or cuda (one GPU per process)."
+        ),
+        click.option(
+            "--resume/--no-resume",
+            default=True,
+            show_default=True,
+            help="Continue from the run's last/ checkpoint when there is one.",
+        ),
+        click.option("--force", is_flag=True, help="Redo work whose output already exists."),
+        click.option("--quiet", is_flag=True, help="No progress bars or info lines."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _load(config_name: str, overrides: tuple[str, ...]):
+    from .train_config import load_training_config
+
+    return load_training_config(config_name, list(overrides))
+
+
+def _options(deepspeed: str, device: str, resume: bool, force: bool, quiet: bool):
+    from .stages import RunOptions
+
+    return RunOptions(deepspeed=deepspeed, device=device, resume=resume, progress=not quiet, force=force)
+
+
+def _teacher_names(config, choice: str) -> list[str]:
+    from wsdm_serve.errors import WsdmError
+
+    if choice == "all":
+        if not config.teachers:
+            raise WsdmError("no teachers configured")
+        return [t.name for t in config.teachers]
+    names = [part for part in choice.split(",") if part]
+    for name in names:
+        config.teacher(name)
+    return names
+
+
+def _report(results) -> None:
+    for result in results:
+        click.echo(
+            f"{result.out_dir}: {result.steps} steps, best dev acc {result.best_acc:.4f} "
+            f"at step {result.best_step}"
+            + (f" (resumed at step {result.resumed_from})" if result.resumed_from else "")
+        )
+
+
+def add_stage_commands(main: click.Group) -> None:
+    @main.command()
+    @common_options
+    @click.option(
+        "--target",
+        default="all",
+        show_default=True,
+        help="student, a teacher name, a comma list, teachers, or all.",
+    )
+    @user_errors
+    def pretrain(config_name, overrides, deepspeed, device, resume, force, quiet, target):
+        """Post-pretrain the student and/or the teachers on the extra preference rows."""
+        _setup_logging(quiet)
+        from .stages import pretrain as run
+
+        config = _load(config_name, overrides)
+        if target == "all":
+            targets = ["student", *[t.name for t in config.teachers]]
+        elif target == "teachers":
+            targets = _teacher_names(config, "all")
+        else:
+            targets = [part for part in target.split(",") if part]
+            for name in targets:
+                if name != "student":
+                    config.teacher(name)
+        _report(run(config, targets, _options(deepspeed, device, resume, force, quiet)))
+
+    @main.command()
+    @common_options
+    @click.option("--teacher", default="all", show_default=True, help="Teacher name, comma list, or all.")
+    @click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
+    @user_errors
+    def finetune(config_name, overrides, deepspeed, device, resume, force, quiet, teacher, fold):
+        """Fine-tune each teacher per fold (starts from its post-pretrained adapter)."""
+        _setup_logging(quiet)
+        from .stages import finetune as run
+
+        config = _load(config_name, overrides)
+        _report(
+            run(
+                config,
+                _teacher_names(config, teacher),
+                fold,
+                _options(deepspeed, device, resume, force, quiet),
+            )
+        )
+
+    @main.command("teacher-predict")
+    @common_options
+    @click.option("--teacher", default="all", show_default=True, help="Teacher name, comma list, or all.")
+    @click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
+    @user_errors
+    def teacher_predict(config_name, overrides, deepspeed, device, resume, force, quiet, teacher, fold):
+        """Write each fold teacher's A/B logits for the rows the student trains on (Parquet)."""
+        _setup_logging(quiet)
+        from .stages import teacher_predict as run
+
+        config = _load(config_name, overrides)
+        for path in run(
+            config, _teacher_names(config, teacher), fold, _options(deepspeed, device, resume, force, quiet)
+        ):
+            click.echo(str(path))
+
+    @main.command()
+    @common_options
+    @click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
+    @user_errors
+    def distill(config_name, overrides, deepspeed, device, resume, force, quiet, fold):
+        """Distil the student per fold from the teachers' logits."""
+        _setup_logging(quiet)
+        from .stages import distill as run
+
+        config = _load(config_name, overrides)
+        _report(run(config, fold, _options(deepspeed, device, resume, force, quiet)))

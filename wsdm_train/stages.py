@@ -1,0 +1,609 @@
+"""The four training stages: which data, which starting adapter, which loss, where the output goes.
+
+Inputs follow the processed-data contract written by ``wsdm-train prepare``; outputs land under
+``paths.model_dir``::
+
+    student/pretrain/{best,final,last}/ + metrics.jsonl
+    teachers/{name}/pretrain/...
+    teachers/{name}/fold{k}/{best,final,last}/ + metrics.jsonl + predictions.parquet
+    student/fold{k}/{best,final,last}/ + metrics.jsonl
+
+``best/`` and ``final/`` are PEFT adapters (adapter_model.safetensors + adapter_config.json);
+``last/`` is the resumable state. Later stages load earlier adapters strictly.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from wsdm_serve.errors import WsdmError
+from wsdm_serve.outputs import write_frame
+from wsdm_serve.prompt import letter_token_ids
+from wsdm_serve.tokenizer import load_tokenizer
+
+from .modeling import (
+    LetterHead,
+    LossParts,
+    attach_lora,
+    distill_loss,
+    gradient_checkpointing_active,
+    load_base_model,
+    pretrain_loss,
+    two_way_ce,
+)
+from .train_config import ModelSpec, PretrainSettings, StageSettings, TrainingConfig
+from .trainer import (
+    DistContext,
+    Examples,
+    StageResult,
+    StageRun,
+    dev_metrics,
+    init_distributed,
+    resolve_deepspeed_config,
+    run_stage,
+    score,
+    seed_everything,
+)
+
+
+def note(ctx: DistContext, message: str) -> None:
+    """One line on stderr from the main process (library log config cannot swallow it)."""
+    if ctx.is_main:
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+FOLD_COLUMNS = ("row_key", "label", "input_ids")
+PRETRAIN_COLUMNS = ("row_key", "label", "input_ids", "input_ids_swapped", "label_swapped")
+PREDICTION_COLUMNS = ("row_key", "logit_a", "logit_b", "out_of_fold")
+
+
+@dataclass
+class RunOptions:
+    """Command-line choices that are not part of the recipe."""
+
+    deepspeed: str | None = "preset"  # "preset": what the stage settings name; None/"none": off
+    device: str = "auto"
+    resume: bool = True
+    progress: bool = True
+    force: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------------------
+
+
+class Layout:
+    def __init__(self, config: TrainingConfig) -> None:
+        self.processed = Path(config.paths.processed_dir)
+        self.models = Path(config.paths.model_dir)
+
+    def student_fold(self, fold: int, split: str) -> Path:
+        return self.processed / "student" / f"fold{fold}" / f"{split}.parquet"
+
+    def teacher_fold(self, name: str, fold: int, split: str) -> Path:
+        return self.processed / "teachers" / name / f"fold{fold}" / f"{split}.parquet"
+
+    def pretrain_data(self, role: str, name: str) -> Path:
+        base = self.processed / "student" if role == "student" else self.processed / "teachers" / name
+        return base / "pretrain.parquet"
+
+    def pretrain_out(self, role: str, name: str) -> Path:
+        return (
+            self.models / "student" / "pretrain"
+            if role == "student"
+            else self.models / "teachers" / name / "pretrain"
+        )
+
+    def teacher_out(self, name: str, fold: int) -> Path:
+        return self.models / "teachers" / name / f"fold{fold}"
+
+    def student_out(self, fold: int) -> Path:
+        return self.models / "student" / f"fold{fold}"
+
+    def predictions(self, name: str, fold: int) -> Path:
+        return self.teacher_out(name, fold) / "predictions.parquet"
+
+    def folds(self, base: Path) -> list[int]:
+        found = sorted(
+            int(m.group(1)) for p in base.glob("fold*") if (m := re.fullmatch(r"fold(\d+)", p.name))
+        )
+        if not found:
+            raise WsdmError(f"{base}: no fold folders; run `wsdm-train prepare` first")
+        return found
+
+
+def resolve_folds(choice: str, available: list[int]) -> list[int]:
+    if choice == "all":
+        return available
+    try:
+        folds = [int(part) for part in choice.split(",")]
+    except ValueError:
+        raise WsdmError(f"--fold {choice}: expected all, a fold number or a comma list") from None
+    missing = [f for f in folds if f not in available]
+    if missing:
+        raise WsdmError(f"--fold {choice}: fold {missing[0]} not prepared (available: {available})")
+    return folds
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+def read_parquet(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    if not path.exists():
+        raise WsdmError(f"{path}: file not found (run the earlier stage first)")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WsdmError(f"{path}: unreadable parquet file ({reason})") from exc
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise WsdmError(f"{path}: missing column {', '.join(missing)}")
+    if len(frame) == 0:
+        raise WsdmError(f"{path}: no rows")
+    labels = frame["label"]
+    bad = (~labels.isin([0, 1])).to_numpy().nonzero()[0]
+    if len(bad):
+        raise WsdmError(f"{path}: row {bad[0] + 1}: label {labels.iloc[bad[0]]!r} is not 0 or 1")
+    duplicated = frame["row_key"].duplicated().to_numpy().nonzero()[0]
+    if len(duplicated):
+        raise WsdmError(
+            f"{path}: row {duplicated[0] + 1}: duplicate row_key {frame['row_key'].iloc[duplicated[0]]!r}"
+        )
+    return frame.reset_index(drop=True)
+
+
+def _ids(column) -> list[np.ndarray]:
+    return [np.asarray(ids, dtype=np.int64) for ids in column]
+
+
+def fold_examples(path: Path) -> Examples:
+    frame = read_parquet(path, FOLD_COLUMNS)
+    return Examples(
+        _ids(frame["input_ids"]), frame["label"].to_numpy(np.int64), frame["row_key"].astype(str).tolist()
+    )
+
+
+def pretrain_examples(path: Path, settings: PretrainSettings, seed: int) -> tuple[Examples, Examples]:
+    """Train and dev splits of the post-pretraining rows; dev rows are held out of training.
+
+    Both splits carry both orders when ``both_orders`` (a row and its swap are adjacent and stay
+    in one micro-batch); the dev score always uses both orders, as the reference's did.
+    """
+    frame = read_parquet(path, PRETRAIN_COLUMNS)
+    n_dev = min(settings.dev_rows, len(frame) - 1)
+    if n_dev < 1:
+        raise WsdmError(f"{path}: {len(frame)} row(s) are too few to hold out a dev set")
+    order = np.random.default_rng(seed).permutation(len(frame))
+    dev_rows, train_rows = np.sort(order[:n_dev]), np.sort(order[n_dev:])
+
+    def build(rows: np.ndarray, both: bool) -> Examples:
+        part = frame.iloc[rows]
+        keys = part["row_key"].astype(str).tolist()
+        forward = _ids(part["input_ids"])
+        labels = part["label"].to_numpy(np.int64)
+        if not both:
+            return Examples(forward, labels, keys)
+        swapped = _ids(part["input_ids_swapped"])
+        swapped_labels = part["label_swapped"].to_numpy(np.int64)
+        if ((labels + swapped_labels) != 1).any():
+            raise WsdmError(f"{path}: label_swapped must be 1 - label on every row")
+        ids = [seq for pair in zip(forward, swapped, strict=True) for seq in pair]
+        pair_labels = np.stack([labels, swapped_labels], axis=1).reshape(-1)
+        pair_keys = [k for key in keys for k in (key, key + ":swapped")]
+        return Examples(ids, pair_labels, pair_keys, group=2)
+
+    return build(train_rows, settings.both_orders), build(dev_rows, True)
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise WsdmError(f"{path}: teacher predictions not found (run `wsdm-train teacher-predict` first)")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001
+        raise WsdmError(f"{path}: unreadable parquet file ({exc})") from exc
+    missing = [c for c in PREDICTION_COLUMNS[:3] if c not in frame.columns]
+    if missing:
+        raise WsdmError(f"{path}: missing column {', '.join(missing)}")
+    values = frame[["logit_a", "logit_b"]].to_numpy(np.float64)
+    bad = (~np.isfinite(values)).any(axis=1).nonzero()[0]
+    if len(bad):
+        raise WsdmError(f"{path}: row {bad[0] + 1}: logit is not a finite number")
+    if frame["row_key"].duplicated().any():
+        raise WsdmError(
+            f"{path}: duplicate row_key {frame['row_key'][frame['row_key'].duplicated()].iloc[0]!r}"
+        )
+    return frame
+
+
+def attach_teacher_logits(
+    examples: Examples, predictions: list[tuple[str, Path]], missing: str
+) -> tuple[Examples, int]:
+    """Join each teacher's A/B logits onto the student rows by ``row_key`` ([n, J, 2])."""
+    keys = pd.Index(examples.keys)
+    stacked = []
+    keep = np.ones(len(keys), dtype=bool)
+    for name, path in predictions:
+        frame = read_predictions(path).set_index("row_key")
+        aligned = frame.reindex(keys)[["logit_a", "logit_b"]].to_numpy(np.float32)
+        absent = np.isnan(aligned).any(axis=1)
+        if absent.any() and missing == "error":
+            first = keys[absent.nonzero()[0][0]]
+            raise WsdmError(
+                f"{path}: teacher {name} has no logits for {int(absent.sum())} of {len(keys)} training row(s) "
+                f"(first: {first}); re-run teacher-predict, or set distill.missing_teacher_logits=drop"
+            )
+        keep &= ~absent
+        stacked.append(aligned)
+    teacher = np.stack(stacked, axis=1)
+    dropped = int((~keep).sum())
+    if dropped == len(keys):
+        raise WsdmError("no training row has logits from every teacher")
+    rows = keep.nonzero()[0]
+    joined = Examples(
+        [examples.ids[i] for i in rows],
+        examples.labels[rows],
+        [examples.keys[i] for i in rows],
+        teacher=teacher[rows],
+    )
+    return joined, dropped
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+
+def ensure_model(spec: ModelSpec, ctx: DistContext) -> Path:
+    """The model folder; a ``build_tiny`` spec creates a random tiny Qwen2 there the first time."""
+    path = Path(spec.model)
+    if not (path / "config.json").exists():
+        if spec.build_tiny is None:
+            raise WsdmError(f"{path}: model folder not found for {spec.name}")
+        if ctx.is_main:
+            from wsdm_serve.tiny import build_tiny_model
+
+            if not spec.tokenizer:
+                raise WsdmError(f"{spec.name}: build_tiny needs a tokenizer folder")
+            build_tiny_model(path, spec.tokenizer, **spec.build_tiny)
+        ctx.barrier()
+    return path
+
+
+@dataclass
+class LoadedModel:
+    head: LetterHead
+    pad_id: int
+    letter_ids: tuple[int, int]
+    bf16: bool
+
+
+def load_for_training(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    ctx: DistContext,
+    init_adapter: Path | None,
+    seed: int,
+    trainable: bool = True,
+) -> LoadedModel:
+    model_dir = ensure_model(spec, ctx)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=spec.trust_remote_code)
+    letters = letter_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise WsdmError(f"{model_dir}: tokenizer has neither a pad nor an eos token")
+    seed_everything(seed)  # the LoRA initialisation is part of the run's reproducibility
+    settings = spec.load_settings()
+    base = load_base_model(model_dir, settings, ctx.device, training=trainable)
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = pad_id
+    model = attach_lora(base, config.lora.settings(), init_adapter, trainable=trainable)
+    if trainable and settings.gradient_checkpointing and not gradient_checkpointing_active(model):
+        raise WsdmError(f"{model_dir}: gradient checkpointing was requested but the model did not enable it")
+    head = (
+        LetterHead(model, letters).to(ctx.device) if not settings.load_in_4bit else LetterHead(model, letters)
+    )
+    bf16 = next(base.parameters()).dtype == torch.bfloat16 or settings.load_in_4bit
+    return LoadedModel(head, int(pad_id), letters, bf16)
+
+
+def _release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses bound to batches
+# --------------------------------------------------------------------------------------------------
+
+
+def letter_lm_loss(letter_ids: tuple[int, int]):
+    def loss(model, batch) -> LossParts:
+        _, vocab = model(batch["input_ids"], batch["attention_mask"], full_vocab=True)
+        targets = torch.as_tensor(letter_ids, device=vocab.device)[batch["labels"]]
+        value = pretrain_loss(vocab, targets)
+        return LossParts(value, value.detach())
+
+    return loss
+
+
+def two_way_loss(model, batch) -> LossParts:
+    letters, _ = model(batch["input_ids"], batch["attention_mask"])
+    value = two_way_ce(letters, batch["labels"])
+    return LossParts(value, value.detach())
+
+
+def distillation_loss(temperature: float, mode: str):
+    def loss(model, batch) -> LossParts:
+        letters, _ = model(batch["input_ids"], batch["attention_mask"])
+        return distill_loss(letters, batch["teacher"], batch["labels"], temperature, mode)
+
+    return loss
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------
+
+
+def _deepspeed_for(settings: StageSettings, options: RunOptions) -> Path | None:
+    choice = settings.deepspeed if options.deepspeed == "preset" else options.deepspeed
+    path = resolve_deepspeed_config(choice)
+    if path is not None:
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError as exc:
+            raise WsdmError(
+                "DeepSpeed is configured for this stage but not installed: pip install 'deepspeed>=0.16', "
+                "or run with --deepspeed none"
+            ) from exc
+    return path
+
+
+@contextmanager
+def _context(settings_list: list[StageSettings], options: RunOptions) -> Iterator[DistContext]:
+    uses_ds = any(_deepspeed_for(s, options) is not None for s in settings_list)
+    yield init_distributed(uses_ds, options.device)
+
+
+def _train(
+    name: str,
+    out_dir: Path,
+    settings: StageSettings,
+    loaded: LoadedModel,
+    train: Examples,
+    dev: Examples,
+    loss_fn,
+    ctx: DistContext,
+    options: RunOptions,
+    info: dict,
+) -> StageResult:
+    run = StageRun(
+        name=name,
+        out_dir=out_dir,
+        settings=settings,
+        head=loaded.head,
+        train=train,
+        dev=dev,
+        loss_fn=loss_fn,
+        pad_id=loaded.pad_id,
+        ctx=ctx,
+        deepspeed=_deepspeed_for(settings, options),
+        resume=options.resume,
+        progress=options.progress,
+        bf16=loaded.bf16 and ctx.device.startswith("cuda"),
+        extra_info=info,
+    )
+    return run_stage(run)
+
+
+def _finished(out_dir: Path, options: RunOptions) -> bool:
+    """A stage whose final adapter exists is skipped (re-running a pipeline continues it)."""
+    return not options.force and (out_dir / "final" / "adapter_model.safetensors").exists()
+
+
+def pretrain(config: TrainingConfig, targets: list[str], options: RunOptions) -> list[StageResult]:
+    """Post-pretraining of the student and/or teachers on the extra rows."""
+    layout = Layout(config)
+    jobs: list[tuple[str, ModelSpec, PretrainSettings]] = []
+    for target in targets:
+        if target == "student":
+            jobs.append(("student", config.student, config.pretrain.student))
+        else:
+            jobs.append(("teacher", config.teacher(target), config.pretrain.teacher))
+    results = []
+    with _context([s for _, _, s in jobs], options) as ctx:
+        for role, spec, settings in jobs:
+            out_dir = layout.pretrain_out(role, spec.name)
+            if _finished(out_dir, options):
+                note(ctx, f"{out_dir}: already trained (final/ exists); skipping (use --force to retrain)")
+                continue
+            train, dev = pretrain_examples(layout.pretrain_data(role, spec.name), settings, settings.seed)
+            loaded = load_for_training(spec, config, ctx, None, settings.seed)
+            loss = letter_lm_loss(loaded.letter_ids) if settings.loss == "letter_lm" else two_way_loss
+            info = {"role": role, "model": spec.name}
+            results.append(
+                _train(
+                    f"pretrain-{spec.name}", out_dir, settings, loaded, train, dev, loss, ctx, options, info
+                )
+            )
+            del loaded
+            _release()
+    return results
+
+
+def _pretrain_handoff(layout: Layout, role: str, name: str, settings: PretrainSettings) -> Path:
+    path = layout.pretrain_out(role, name) / settings.handoff
+    if not (path / "adapter_model.safetensors").exists():
+        raise WsdmError(
+            f"{path}: post-pretrained adapter not found; run `wsdm-train pretrain --target {'student' if role == 'student' else name}` "
+            "first or set init_from_pretrain: false"
+        )
+    return path
+
+
+def finetune(
+    config: TrainingConfig, teachers: list[str], folds: str, options: RunOptions
+) -> list[StageResult]:
+    """Per-fold fine-tune of each teacher (2-way CE), starting from its post-pretrained adapter."""
+    layout = Layout(config)
+    settings = config.finetune
+    results = []
+    with _context([settings], options) as ctx:
+        for name in teachers:
+            spec = config.teacher(name)
+            for fold in resolve_folds(folds, layout.folds(layout.processed / "teachers" / name)):
+                out_dir = layout.teacher_out(name, fold)
+                if _finished(out_dir, options):
+                    note(
+                        ctx, f"{out_dir}: already trained (final/ exists); skipping (use --force to retrain)"
+                    )
+                    continue
+                train = fold_examples(layout.teacher_fold(name, fold, "train"))
+                dev = fold_examples(layout.teacher_fold(name, fold, "dev"))
+                init = (
+                    _pretrain_handoff(layout, "teacher", name, config.pretrain.teacher)
+                    if settings.init_from_pretrain
+                    else None
+                )
+                loaded = load_for_training(spec, config, ctx, init, settings.seed)
+                info = {"role": "teacher", "model": name, "fold": fold, "init": str(init) if init else None}
+                results.append(
+                    _train(
+                        f"finetune-{name}-fold{fold}",
+                        out_dir,
+                        settings,
+                        loaded,
+                        train,
+                        dev,
+                        two_way_loss,
+                        ctx,
+                        options,
+                        info,
+                    )
+                )
+                del loaded
+                _release()
+    return results
+
+
+def teacher_predict(
+    config: TrainingConfig, teachers: list[str], folds: str, options: RunOptions
+) -> list[Path]:
+    """Each fold teacher's raw A/B logits on its fold's train rows and (out-of-fold) dev rows."""
+    layout = Layout(config)
+    written = []
+    with _context([], RunOptions(deepspeed=None, device=options.device)) as ctx:
+        for name in teachers:
+            spec = config.teacher(name)
+            for fold in resolve_folds(folds, layout.folds(layout.processed / "teachers" / name)):
+                out = layout.predictions(name, fold)
+                if out.exists() and not options.force:
+                    note(ctx, f"{out}: exists; skipping (use --force to recompute)")
+                    written.append(out)
+                    continue
+                adapter = layout.teacher_out(name, fold) / "best"
+                loaded = load_for_training(spec, config, ctx, adapter, 0, trainable=False)
+                loaded.head.eval()
+                frames = []
+                for split in ("train", "dev"):
+                    examples = fold_examples(layout.teacher_fold(name, fold, split))
+                    logits = score(
+                        loaded.head,
+                        examples,
+                        loaded.pad_id,
+                        config.teacher_predict.batch_tokens,
+                        ctx,
+                        desc=f"{name} fold{fold} {split}",
+                        progress=options.progress,
+                    )
+                    frames.append(
+                        pd.DataFrame(
+                            {
+                                "row_key": examples.keys,
+                                "logit_a": logits[:, 0].astype(np.float32),
+                                "logit_b": logits[:, 1].astype(np.float32),
+                                "out_of_fold": split == "dev",
+                            }
+                        )
+                    )
+                    if split == "dev" and ctx.is_main:
+                        metrics = dev_metrics(logits, examples.labels)
+                        note(
+                            ctx,
+                            f"{name} fold {fold} dev (out of fold): acc {metrics['acc']:.4f} "
+                            f"log loss {metrics['log_loss']:.4f}",
+                        )
+                if ctx.is_main:
+                    write_frame(pd.concat(frames, ignore_index=True), out)
+                ctx.barrier()
+                written.append(out)
+                del loaded
+                _release()
+    return written
+
+
+def distill(config: TrainingConfig, folds: str, options: RunOptions) -> list[StageResult]:
+    """Per-fold student distillation from every configured teacher's fold logits."""
+    layout = Layout(config)
+    settings = config.distill
+    if not config.teachers and not settings.teacher_predictions:
+        raise WsdmError("distill needs teachers: configure teachers or distill.teacher_predictions")
+    names = [t.name for t in config.teachers] or sorted(settings.teacher_predictions)
+    results = []
+    with _context([settings], options) as ctx:
+        for fold in resolve_folds(folds, layout.folds(layout.processed / "student")):
+            out_dir = layout.student_out(fold)
+            if _finished(out_dir, options):
+                note(ctx, f"{out_dir}: already trained (final/ exists); skipping (use --force to retrain)")
+                continue
+            sources = []
+            for name in names:
+                pattern = settings.teacher_predictions.get(name)
+                sources.append(
+                    (name, Path(pattern.format(fold=fold)) if pattern else layout.predictions(name, fold))
+                )
+            train, dropped = attach_teacher_logits(
+                fold_examples(layout.student_fold(fold, "train")), sources, settings.missing_teacher_logits
+            )
+            if dropped:
+                note(
+                    ctx,
+                    f"fold {fold}: {dropped} training row(s) without logits from every teacher were dropped",
+                )
+            dev = fold_examples(layout.student_fold(fold, "dev"))
+            init = (
+                _pretrain_handoff(layout, "student", config.student.name, config.pretrain.student)
+                if settings.init_from_pretrain
+                else None
+            )
+            loaded = load_for_training(config.student, config, ctx, init, settings.seed)
+            info = {
+                "role": "student",
+                "fold": fold,
+                "teachers": names,
+                "dropped_rows": dropped,
+                "init": str(init) if init else None,
+            }
+            loss = distillation_loss(settings.temperature, settings.mode)
+            results.append(
+                _train(f"distill-fold{fold}", out_dir, settings, loaded, train, dev, loss, ctx, options, info)
+            )
+            del loaded
+            _release()
+    return results
