@@ -13,5 +13,10 @@ def main() -> None:
     """Reproduce the training of the released judge, stage by stage."""
 
 
+# Merging the fold adapters and quantizing the merged model.
+from .model_commands import add_model_commands  # noqa: E402
+
+add_model_commands(main)
+
 if __name__ == "__main__":
     main()

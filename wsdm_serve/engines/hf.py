@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WsdmError
+from ..quantization import hf_loading_overrides
 from .base import ProgressCallback, ScoringEngine, length_sorted_batches
 
 DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
@@ -79,9 +80,10 @@ class HFEngine(ScoringEngine):
             batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if self.device.startswith("cuda") else "cpu"]
         )
         quantization = read_quantization(self.model_dir)
+        overrides = hf_loading_overrides(quantization)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                self.model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code
+                self.model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code, **overrides
             )
         except Exception as exc:  # noqa: BLE001 - turn loader failures into one actionable line
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
