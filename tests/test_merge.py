@@ -197,6 +197,14 @@ def test_incompatible_folds_fail_with_one_line(base_dir, fold_adapters, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_outputs_may_not_overwrite_inputs(base_dir, fold_adapters, tmp_path):
+    with pytest.raises(WsdmError, match="is an input of the merge"):
+        merge_folds(base_dir, fold_adapters[:2], tmp_path / "m", adapter_out=fold_adapters[1], force=True)
+    with pytest.raises(WsdmError, match="is an input of the merge"):
+        merge_folds(base_dir, fold_adapters[:2], base_dir, force=True)
+    assert (fold_adapters[1] / ADAPTER_WEIGHTS).exists() and (base_dir / "config.json").exists()
+
+
 def test_different_base_model_name_is_refused(fold_adapters, base_dir, tmp_path):
     odd = Path(shutil.copytree(fold_adapters[1], tmp_path / "odd"))
     config = json.loads((odd / ADAPTER_CONFIG).read_text())

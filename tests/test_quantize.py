@@ -299,6 +299,11 @@ def test_cli_quantize_runs_verifies_and_resumes(base_dir, calibration_file, tmp_
     assert other.returncode == 2 and "pass --force" in other.stderr
 
 
+def test_quantize_refuses_to_write_over_its_input(base_dir, calibration_file):
+    with pytest.raises(WsdmError, match="is an input of the quantization"):
+        quantize_model(base_dir, base_dir, calibration=calibration_file, force=True)
+
+
 def test_cli_quantize_bad_calibration_file_is_one_line(base_dir, tmp_path):
     bad = tmp_path / "train.parquet"
     pd.DataFrame({"prompt": ["x"]}).to_parquet(bad)

@@ -397,6 +397,10 @@ def merge_folds(
         raise WsdmError("no fold adapters given")
     if out.resolve() == adapter_out.resolve():
         raise WsdmError(f"{out}: the merged model and the combined adapter need different folders")
+    inputs = {Path(p).resolve() for p in [base, tokenizer_dir, *adapters]}
+    for target in (out, adapter_out):
+        if target.resolve() in inputs:
+            raise WsdmError(f"{target}: is an input of the merge; write the output elsewhere")
     for path in adapters:
         check_adapter_folder(path)
 

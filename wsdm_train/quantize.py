@@ -342,6 +342,8 @@ def quantize_model(
     config = config or QuantizeConfig()
     config.validate()
     model_dir, out, calibration = Path(model), Path(out), Path(calibration)
+    if out.resolve() in (model_dir.resolve(), calibration.resolve().parent):
+        raise WsdmError(f"{out}: is an input of the quantization; write the output elsewhere")
     if not (model_dir / "config.json").exists():
         raise WsdmError(f"{model_dir}: model folder not found or has no config.json (run `wsdm-train merge`)")
     if read_config(model_dir).get("quantization_config"):
