@@ -16,6 +16,7 @@ check reads the weights' headers (and, for GPTQ, one zero-point tensor) as well 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -350,4 +351,6 @@ def hf_loading_overrides(quantization: dict | None) -> dict:
             "this is a compressed-tensors checkpoint: install the compressed-tensors package "
             "(pip install 'compressed-tensors>=0.17,<0.20') to load it with the transformers engine"
         ) from exc
+    # transformers warns whenever a config is passed for a quantized checkpoint; here it is on purpose.
+    warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
     return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
