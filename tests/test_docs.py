@@ -39,4 +39,6 @@ def test_every_command_and_option_is_in_the_readme(name, command):
     assert f"`{name}" in README, f"README does not document `{name}`"
     for param in command.params:
         if isinstance(param, click.Option) and param.name != "help":
-            assert any(opt in README for opt in param.opts), f"{name}: option {param.opts[0]} is not in the README"
+            assert any(opt in README for opt in param.opts), (
+                f"{name}: option {param.opts[0]} is not in the README"
+            )

@@ -83,5 +83,10 @@ from .stage_commands import add_stage_commands  # noqa: E402
 
 add_stage_commands(main)
 
+# Merging the fold adapters and quantizing the merged model.
+from .model_commands import add_model_commands  # noqa: E402
+
+add_model_commands(main)
+
 if __name__ == "__main__":
     main()

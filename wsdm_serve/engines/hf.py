@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WsdmError
+from ..quantization import hf_loading_overrides
 from .base import ProgressCallback, ScoringEngine, length_sorted_batches
 from .gpu_plan import read_model_config
 
@@ -71,6 +72,7 @@ class HFEngine(ScoringEngine):
             batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if self.device.startswith("cuda") else "cpu"]
         )
         quantization = read_quantization(self.model_dir)
+        overrides = hf_loading_overrides(quantization)
         try:
             # device_map puts the weights straight onto the GPU instead of staging 28 GB in host memory
             model = AutoModelForCausalLM.from_pretrained(
@@ -78,6 +80,7 @@ class HFEngine(ScoringEngine):
                 dtype=self.dtype,
                 trust_remote_code=trust_remote_code,
                 device_map={"": self.device} if self.device.startswith("cuda") else None,
+                **overrides,
             )
         except Exception as exc:  # noqa: BLE001 - turn loader failures into one actionable line
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
