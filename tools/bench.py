@@ -288,6 +288,7 @@ def worker_vllm(args, config, name: str) -> None:
         dtype="bfloat16",
         gpu_memory_utilization=args.gpu_memory_utilization,
         load_format="dummy",
+        max_num_batched_tokens=args.max_num_batched_tokens,
     )
     startup = time.perf_counter() - started
     if engine.scorer is None:
@@ -528,6 +529,9 @@ def main() -> None:
         "--budget-share", type=float, default=0.03, help="share of rows cut at the 10k budget"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-num-batched-tokens", type=int, default=None, help="vLLM scheduler step size [default: vLLM's]"
+    )
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--gpu", default=None, help="the GPU to use [default: the first visible]")
     parser.add_argument("--timeout", type=int, default=480, help="seconds before a measurement is killed")

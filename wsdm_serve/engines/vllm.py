@@ -72,6 +72,7 @@ def engine_kwargs(
     trust_remote_code: bool,
     load_format: str = "auto",
     seed: int = 0,
+    max_num_batched_tokens: int | None = None,
 ) -> dict:
     """Arguments of ``vllm.LLM`` for scoring.
 
@@ -94,6 +95,9 @@ def engine_kwargs(
         "logprobs_mode": "processed_logprobs",
         "skip_tokenizer_init": True,
         "generation_config": "vllm",
+        # Tokens per scheduler step; None keeps vLLM's default. Prefill-only scoring is GEMM-bound,
+        # so larger steps can use the GPU better (tools/bench.py --max-num-batched-tokens).
+        **({"max_num_batched_tokens": max_num_batched_tokens} if max_num_batched_tokens else {}),
     }
 
 
@@ -161,6 +165,7 @@ class VLLMScorer:
         trust_remote_code: bool = False,
         load_format: str = "auto",
         chunk_tokens: int = CHUNK_TOKENS,
+        max_num_batched_tokens: int | None = None,
     ) -> None:
         prepare_environment()
         try:
@@ -181,6 +186,7 @@ class VLLMScorer:
             enforce_eager=enforce_eager,
             trust_remote_code=trust_remote_code,
             load_format=load_format,
+            max_num_batched_tokens=max_num_batched_tokens,
         )
         try:
             self.llm = LLM(**kwargs)
@@ -256,6 +262,7 @@ class VLLMEngine(ScoringEngine):
         trust_remote_code: bool = False,
         load_format: str = "auto",
         chunk_tokens: int = CHUNK_TOKENS,
+        max_num_batched_tokens: int | None = None,
     ) -> None:
         if not vllm_installed():
             raise WsdmError(VLLM_MISSING)
@@ -289,6 +296,7 @@ class VLLMEngine(ScoringEngine):
             "trust_remote_code": trust_remote_code,
             "load_format": load_format,
             "chunk_tokens": chunk_tokens,
+            "max_num_batched_tokens": max_num_batched_tokens,
         }
         all_visible = [gpu.index for gpu in visible]
         self.scorer: VLLMScorer | None = None
