@@ -138,12 +138,14 @@ def engine_options(command):
     command that scores understands the same options the same way.
     """
 
-    @functools.wraps(command)
+    target = command
+
+    @functools.wraps(target)
     def collect(*args, **kwargs):
         from .engines.select import EngineOptions
 
         values = {field: kwargs.pop(parameter) for parameter, field in ENGINE_PARAMETERS.items()}
-        return command(*args, engine_options=EngineOptions(**values), **kwargs)
+        return target(*args, engine_options=EngineOptions(**values), **kwargs)
 
     command = vllm_options(collect)
     command = click.option(
