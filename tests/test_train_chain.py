@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli as _run_cli
 from train_data import write_processed
 
-TEACHERS = ("tiny-a", "tiny-b")
+TEACHERS = ("tiny_small", "tiny_large")
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,8 @@ def settings(root: Path) -> list[str]:
         "paths.processed_dir": root / "processed",
         "paths.model_dir": root / "models",
         "student.model": root / "base" / "student",
-        "teachers.0.model": root / "base" / "tiny-a",
-        "teachers.1.model": root / "base" / "tiny-b",
+        "teachers.0.model": root / "base" / "tiny_small",
+        "teachers.1.model": root / "base" / "tiny_large",
     }.items():
         args += ["--set", f"{key}={value}"]
     return args
@@ -56,7 +56,7 @@ def test_tiny_chain_end_to_end(workspace):
 
     done = run_cli("wsdm-train", "pretrain", *args)
     assert done.returncode == 0, done.stderr
-    for sub in ("student/pretrain", "teachers/tiny-a/pretrain", "teachers/tiny-b/pretrain"):
+    for sub in ("student/pretrain", "teachers/tiny_small/pretrain", "teachers/tiny_large/pretrain"):
         for kind in ("best", "final"):
             assert (models / sub / kind / "adapter_model.safetensors").exists(), sub
         assert (models / sub / "last" / "trainer_state.json").exists()
@@ -67,8 +67,8 @@ def test_tiny_chain_end_to_end(workspace):
     # Fold 1 runs the same code; one fold keeps the test quick on two cores.
     done = run_cli("wsdm-train", "finetune", *args, "--fold", "0")
     assert done.returncode == 0, done.stderr
-    start = events(models / "teachers" / "tiny-b" / "fold0" / "metrics.jsonl")[0]
-    assert start["init"].endswith("teachers/tiny-b/pretrain/final")
+    start = events(models / "teachers" / "tiny_large" / "fold0" / "metrics.jsonl")[0]
+    assert start["init"].endswith("teachers/tiny_large/pretrain/final")
 
     done = run_cli("wsdm-train", "teacher-predict", *args, "--fold", "0")
     assert done.returncode == 0, done.stderr
@@ -87,8 +87,12 @@ def test_tiny_chain_end_to_end(workspace):
                 and predictions[["logit_a", "logit_b"]].notna().all().all()
             )
     # Teachers of different sizes give different logits for the same row.
-    a = pd.read_parquet(models / "teachers" / "tiny-a" / "fold0" / "predictions.parquet").set_index("row_key")
-    b = pd.read_parquet(models / "teachers" / "tiny-b" / "fold0" / "predictions.parquet").set_index("row_key")
+    a = pd.read_parquet(models / "teachers" / "tiny_small" / "fold0" / "predictions.parquet").set_index(
+        "row_key"
+    )
+    b = pd.read_parquet(models / "teachers" / "tiny_large" / "fold0" / "predictions.parquet").set_index(
+        "row_key"
+    )
     assert (a.logit_a - b.reindex(a.index).logit_a).abs().max() > 1e-4
 
     done = run_cli("wsdm-train", "distill", *args, "--fold", "0")

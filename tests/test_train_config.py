@@ -50,6 +50,7 @@ def test_overrides_by_path_index_and_name():
         [
             "prepare.student_train.token_budget=99",
             "teachers.tiny_large.model=/models/large",
+            "teachers.0.model=/models/small",
             "teachers.0.tokenizer=null",
             "paths.data_dir=2025",
             "prepare.lmsys_file=null",

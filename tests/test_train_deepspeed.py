@@ -28,7 +28,7 @@ from train_data import rule_examples
 from wsdm_serve.tiny import build_tiny_model
 from wsdm_train.modeling import LetterHead, LoadSettings, LoraSettings, attach_lora, load_base_model
 from wsdm_train.stages import two_way_loss
-from wsdm_train.train_config import EvalCadence, StageSettings
+from wsdm_train.config import EvalCadence, StageSettings
 from wsdm_train.trainer import StageRun, init_distributed, resolve_deepspeed_config, run_stage, seed_everything
 
 out = Path(sys.argv[1]); tests = Path(sys.argv[2])

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from train_data import rule_examples
 
 from wsdm_serve.tiny import build_tiny_model
+from wsdm_train.config import EvalCadence, StageSettings
 from wsdm_train.modeling import (
     LetterHead,
     LoadSettings,
@@ -20,7 +21,6 @@ from wsdm_train.modeling import (
     load_base_model,
     two_way_ce,
 )
-from wsdm_train.train_config import EvalCadence, StageSettings
 from wsdm_train.trainer import DistContext, StageRun, run_stage, seed_everything
 
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "qwen2.5-tokenizer"

@@ -44,7 +44,7 @@ PIECES = re.compile(
 
 
 def overrides(out_dir, data_dir) -> list[str]:
-    items = [f"paths.processed_dir={out_dir}", f"paths.data_dir={data_dir}"]
+    items = [f"paths.processed_dir={out_dir}", f"paths.data_dir={data_dir}", "prepare.n_folds=5"]
     for name, (budget, cap) in BUDGETS.items():
         items += [f"prepare.{name}.token_budget={budget}", f"prepare.{name}.response_word_cap={cap}"]
     items.append(f"prepare.teacher_pretrain_max_words={TEACHER_MAX_WORDS}")

@@ -44,6 +44,7 @@ def settings(data, *extra: str) -> list[str]:
         "prepare.lmsys_file=notie_lmsys.csv",
         "prepare.ut_file=ut_multi.csv",
         "teachers=[]",
+        "prepare.n_folds=5",
         *extra,
     ]
 

@@ -167,9 +167,9 @@ def check_distill(steps_epochs: int, deepspeed: str | None) -> dict:
     from transformers import AutoTokenizer
 
     from wsdm_serve.tiny import build_tiny_model
+    from wsdm_train.config import EvalCadence, StageSettings
     from wsdm_train.modeling import LetterHead, LoadSettings, LoraSettings, attach_lora, load_base_model
     from wsdm_train.stages import distillation_loss
-    from wsdm_train.train_config import EvalCadence, StageSettings
     from wsdm_train.trainer import (
         StageRun,
         init_distributed,

@@ -15,24 +15,7 @@ import click
 from wsdm_serve import __version__
 from wsdm_serve.cli import user_errors
 
-
-def config_options(command):
-    """--config and --set, shared by every stage; the command receives `config_name` and `overrides`."""
-    command = click.option(
-        "--set",
-        "overrides",
-        multiple=True,
-        metavar="SECTION.FIELD=VALUE",
-        help="Override one configuration field (repeatable), e.g. --set prepare.n_folds=3.",
-    )(command)
-    command = click.option(
-        "--config",
-        "config_name",
-        default="reference",
-        show_default=True,
-        help="Preset name (reference, tiny) or a YAML file (which may start with `base: reference`).",
-    )(command)
-    return command
+from .options import config_options, load
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,11 +46,10 @@ def prepare(ctx, config_name, overrides, force) -> None:
     section) and writes Parquet files and a manifest under paths.processed_dir. A re-run with the
     same inputs, tokenizers and settings does nothing.
     """
-    from .config import load_config
     from .prepare import run_prepare
 
     quiet = ctx.obj["quiet"]
-    config = load_config(config_name, overrides)
+    config = load(config_name, overrides)
     result = run_prepare(
         config,
         config_source=config_name,

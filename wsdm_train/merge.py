@@ -26,16 +26,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_directory
 
+from .config import MERGE_DTYPES, MERGE_MODES, Config, MergeConfig
+
 log = logging.getLogger(__name__)
 
-MergeMode = Literal["reference", "delta"]
-MERGE_MODES: tuple[str, ...] = ("reference", "delta")
-MERGE_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MERGE_INFO = "merge_info.json"
@@ -65,19 +63,6 @@ STRUCTURAL_FIELDS: tuple[str, ...] = (
 # Rank-indexed LoRA factors: (marker in the tensor name, dimension that indexes the rank).
 DOWN_FACTORS = ((".lora_A.", 0), (".lora_embedding_A", 0))  # [r, in]
 UP_FACTORS = ((".lora_B.", 1), (".lora_embedding_B", 1))  # [out, r]
-
-
-@dataclass(kw_only=True)
-class MergeConfig:
-    """Settings of `wsdm-train merge`; the defaults are the reference recipe.
-
-    ``dtype`` is the dtype of the merged model (``auto``: the base checkpoint's own).
-    ``max_shard_size`` caps each safetensors shard of the saved model.
-    """
-
-    mode: MergeMode = "reference"
-    dtype: str = "auto"
-    max_shard_size: str = "5GB"
 
 
 @dataclass
@@ -451,5 +436,31 @@ __all__ = [
     "concatenate_adapters",
     "default_adapter_dirs",
     "merge_folds",
+    "merge_from_config",
     "read_adapter",
 ]
+
+
+def merge_from_config(
+    config: Config,
+    *,
+    adapters: Sequence[str | Path] | None = None,
+    folds: int | None = None,
+    force: bool = False,
+) -> MergeResult:
+    """:func:`merge_folds` with what the configuration names: the student's base and tokenizer,
+    each fold's ``merge.adapter`` checkpoint under ``paths.model_dir``, ``merge.out``."""
+    base = config.model_path(config.student)
+    if adapters is None:
+        count = folds if folds is not None else config.prepare.n_folds
+        adapters = default_adapter_dirs(config.paths.model_dir, count, config.merge.adapter)
+    return merge_folds(
+        base,
+        adapters,
+        config.merged_dir(),
+        config=config.merge,
+        adapter_out=config.merge.adapter_out,
+        tokenizer=config.student.tokenizer,
+        force=force,
+        trust_remote_code=config.student.trust_remote_code,
+    )

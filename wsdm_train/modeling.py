@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from wsdm_serve.errors import WsdmError
 
+from .config import DISTILL_MODES, LoraSettings
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-DISTILL_MODES = ("reference", "mean_target")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,36 +151,6 @@ class LetterHead(torch.nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Loading for training
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA of the reference: r 64, alpha 128 (scale 2), dropout 0.05 on all seven projections."""
-
-    r: int = 64
-    alpha: int = 128
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    )
-
-    def peft_config(self):
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
 
 
 @dataclass(frozen=True)

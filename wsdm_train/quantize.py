@@ -24,70 +24,23 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from wsdm_serve.data import read_table
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_directory
-from wsdm_serve.quantization import QuantSpec, read_config, verify_quantized_checkpoint
+from wsdm_serve.quantization import read_config, verify_quantized_checkpoint
+
+from .config import Config, QuantizeConfig
 
 log = logging.getLogger(__name__)
 
-QuantFormat = Literal["compressed-tensors", "gptq"]
-QUANT_FORMATS: tuple[str, ...] = ("compressed-tensors", "gptq")
-QUANT_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 QUANTIZE_INFO = "quantize_info.json"
 INSTALL_HINT = (
     "llm-compressor is not installed: pip install 'wsdm[quantize]' (in an environment without "
     "vLLM: they pin different compressed-tensors versions)"
 )
-
-
-@dataclass(kw_only=True)
-class QuantizeConfig:
-    """Settings of `wsdm-train quantize`; the defaults are the reference's GPTQ run.
-
-    ``dampening`` is GPTQ's damping fraction of the Hessian diagonal (the reference's library
-    default, 0.1). ``max_calibration_tokens`` cuts each calibration prompt to its first N tokens
-    (None: whole prompts, as the reference). ``dtype`` is the dtype the model is calibrated in
-    (auto: the checkpoint's; the reference loaded fp16, which can overflow for Qwen2.5).
-    """
-
-    bits: int = 8
-    group_size: int = 128
-    symmetric: bool = True
-    act_order: bool = False
-    dampening: float = 0.1
-    block_size: int = 128
-    calibration_samples: int = 1024
-    calibration_seed: int = 2025
-    max_calibration_tokens: int | None = None
-    format: QuantFormat = "compressed-tensors"
-    dtype: str = "auto"
-    ignore: tuple[str, ...] = ("lm_head",)
-    max_shard_size: str = "5GB"
-
-    @property
-    def spec(self) -> QuantSpec:
-        return QuantSpec(self.bits, self.group_size, self.symmetric, self.act_order)
-
-    def validate(self) -> None:
-        if self.format not in QUANT_FORMATS:
-            raise WsdmError(f"unknown format {self.format!r}; choose one of {', '.join(QUANT_FORMATS)}")
-        if self.dtype not in QUANT_DTYPES:
-            raise WsdmError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(QUANT_DTYPES)}")
-        if self.bits not in (4, 8):
-            raise WsdmError(f"bits {self.bits}: vLLM's weight-only kernels take 4 or 8")
-        if self.group_size != -1 and (self.group_size <= 0 or self.group_size % 32):
-            raise WsdmError(f"group size {self.group_size}: use -1 (per channel) or a multiple of 32")
-        if self.format == "gptq" and self.act_order:
-            raise WsdmError("--format gptq is written without activation order; drop --act-order")
-        if self.calibration_samples < 1:
-            raise WsdmError("calibration samples must be at least 1")
-        if not 0 < self.dampening < 1:
-            raise WsdmError(f"dampening {self.dampening}: expected a fraction between 0 and 1")
 
 
 @dataclass
@@ -352,8 +305,7 @@ def quantize_model(
         )
     if not calibration.exists():
         raise WsdmError(f"{calibration}: calibration file not found (run `wsdm-train prepare` first)")
-    info = {"source": _fingerprint(model_dir, calibration), "settings": asdict(config)}
-    info["settings"]["ignore"] = list(config.ignore)
+    info = {"source": _fingerprint(model_dir, calibration), "settings": config.settings()}
     previous = out / QUANTIZE_INFO
     if previous.exists() and not force:
         try:
@@ -427,6 +379,20 @@ def quantize_model(
         info["seconds"] = seconds
         (tmp / QUANTIZE_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return QuantizeResult(out, config.format, found.describe(), len(texts), n_tokens, seconds)
+
+
+def quantize_from_config(config: Config, *, force: bool = False) -> QuantizeResult:
+    """:func:`quantize_model` with what the configuration names: ``quantize.model`` (default: the
+    merge output), ``quantize.calibration`` (default: fold 0's student training prompts) and
+    ``quantize.out`` (default: ``paths.model_dir/final_model``)."""
+    return quantize_model(
+        config.quantize_input(),
+        config.final_dir(),
+        calibration=config.calibration_file(),
+        config=config.quantize,
+        force=force,
+        trust_remote_code=config.student.trust_remote_code,
+    )
 
 
 def _version(name: str) -> str | None:

@@ -14,10 +14,10 @@ import click
 
 from wsdm_serve.cli import user_errors
 
-CONFIG_HELP = "Preset name (reference, tiny) or a YAML file."
+from .options import config_options, load, quiet_requested, run_options
 
 
-def _setup_logging(quiet: bool) -> None:
+def setup_logging(quiet: bool) -> None:
     logging.basicConfig(
         level=logging.ERROR if quiet else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr
     )
@@ -25,43 +25,9 @@ def _setup_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def common_options(command):
-    options = [
-        click.option("--config", "config_name", default="reference", show_default=True, help=CONFIG_HELP),
-        click.option(
-            "--set",
-            "overrides",
-            multiple=True,
-            metavar="SECTION.FIELD=VALUE",
-            help="Override one config field (repeatable), e.g. --set distill.temperature=2.",
-        ),
-        click.option(
-            "--deepspeed",
-            default="preset",
-            show_default=True,
-            help="DeepSpeed config: zero2, zero3, a JSON file, or none; 'preset' uses the stage's setting.",
-        ),
-        click.option(
-            "--device", default="auto", show_default=True, help="auto, cpu, or cuda (one GPU per process)."
-        ),
-        click.option(
-            "--resume/--no-resume",
-            default=True,
-            show_default=True,
-            help="Continue from the run's last/ checkpoint when there is one.",
-        ),
-        click.option("--force", is_flag=True, help="Redo work whose output already exists."),
-        click.option("--quiet", is_flag=True, help="No progress bars or info lines."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _load(config_name: str, overrides: tuple[str, ...]):
-    from .train_config import load_training_config
-
-    return load_training_config(config_name, list(overrides))
+def stage_options(command):
+    command = click.option("--force", is_flag=True, help="Redo work whose output already exists.")(command)
+    return config_options(run_options(command))
 
 
 def _options(deepspeed: str, device: str, resume: bool, force: bool, quiet: bool):
@@ -94,7 +60,7 @@ def _report(results) -> None:
 
 def add_stage_commands(main: click.Group) -> None:
     @main.command()
-    @common_options
+    @stage_options
     @click.option(
         "--target",
         default="all",
@@ -102,12 +68,13 @@ def add_stage_commands(main: click.Group) -> None:
         help="student, a teacher name, a comma list, teachers, or all.",
     )
     @user_errors
-    def pretrain(config_name, overrides, deepspeed, device, resume, force, quiet, target):
+    def pretrain(config_name, overrides, deepspeed, device, resume, quiet, force, target):
         """Post-pretrain the student and/or the teachers on the extra preference rows."""
-        _setup_logging(quiet)
+        quiet = quiet_requested(quiet)
+        setup_logging(quiet)
         from .stages import pretrain as run
 
-        config = _load(config_name, overrides)
+        config = load(config_name, overrides)
         if target == "all":
             targets = ["student", *[t.name for t in config.teachers]]
         elif target == "teachers":
@@ -120,49 +87,45 @@ def add_stage_commands(main: click.Group) -> None:
         _report(run(config, targets, _options(deepspeed, device, resume, force, quiet)))
 
     @main.command()
-    @common_options
+    @stage_options
     @click.option("--teacher", default="all", show_default=True, help="Teacher name, comma list, or all.")
     @click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
     @user_errors
-    def finetune(config_name, overrides, deepspeed, device, resume, force, quiet, teacher, fold):
+    def finetune(config_name, overrides, deepspeed, device, resume, quiet, force, teacher, fold):
         """Fine-tune each teacher per fold (starts from its post-pretrained adapter)."""
-        _setup_logging(quiet)
+        quiet = quiet_requested(quiet)
+        setup_logging(quiet)
         from .stages import finetune as run
 
-        config = _load(config_name, overrides)
-        _report(
-            run(
-                config,
-                _teacher_names(config, teacher),
-                fold,
-                _options(deepspeed, device, resume, force, quiet),
-            )
-        )
+        config = load(config_name, overrides)
+        options = _options(deepspeed, device, resume, force, quiet)
+        _report(run(config, _teacher_names(config, teacher), fold, options))
 
     @main.command("teacher-predict")
-    @common_options
+    @stage_options
     @click.option("--teacher", default="all", show_default=True, help="Teacher name, comma list, or all.")
     @click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
     @user_errors
-    def teacher_predict(config_name, overrides, deepspeed, device, resume, force, quiet, teacher, fold):
+    def teacher_predict(config_name, overrides, deepspeed, device, resume, quiet, force, teacher, fold):
         """Write each fold teacher's A/B logits for the rows the student trains on (Parquet)."""
-        _setup_logging(quiet)
+        quiet = quiet_requested(quiet)
+        setup_logging(quiet)
         from .stages import teacher_predict as run
 
-        config = _load(config_name, overrides)
-        for path in run(
-            config, _teacher_names(config, teacher), fold, _options(deepspeed, device, resume, force, quiet)
-        ):
+        config = load(config_name, overrides)
+        options = _options(deepspeed, device, resume, force, quiet)
+        for path in run(config, _teacher_names(config, teacher), fold, options):
             click.echo(str(path))
 
     @main.command()
-    @common_options
+    @stage_options
     @click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
     @user_errors
-    def distill(config_name, overrides, deepspeed, device, resume, force, quiet, fold):
+    def distill(config_name, overrides, deepspeed, device, resume, quiet, force, fold):
         """Distil the student per fold from the teachers' logits."""
-        _setup_logging(quiet)
+        quiet = quiet_requested(quiet)
+        setup_logging(quiet)
         from .stages import distill as run
 
-        config = _load(config_name, overrides)
+        config = load(config_name, overrides)
         _report(run(config, fold, _options(deepspeed, device, resume, force, quiet)))

@@ -14,7 +14,9 @@ Inputs follow the processed-data contract written by ``wsdm-train prepare``; out
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -27,10 +29,11 @@ import pandas as pd
 import torch
 
 from wsdm_serve.errors import WsdmError
-from wsdm_serve.outputs import write_frame
+from wsdm_serve.outputs import atomic_directory, write_frame
 from wsdm_serve.prompt import letter_token_ids
 from wsdm_serve.tokenizer import load_tokenizer
 
+from .config import Config, ModelConfig, PretrainSettings, StageSettings, StudentConfig
 from .modeling import (
     LetterHead,
     LossParts,
@@ -41,7 +44,6 @@ from .modeling import (
     pretrain_loss,
     two_way_ce,
 )
-from .train_config import ModelSpec, PretrainSettings, StageSettings, TrainingConfig
 from .trainer import (
     DistContext,
     Examples,
@@ -84,7 +86,7 @@ class RunOptions:
 
 
 class Layout:
-    def __init__(self, config: TrainingConfig) -> None:
+    def __init__(self, config: Config) -> None:
         self.processed = Path(config.paths.processed_dir)
         self.models = Path(config.paths.model_dir)
 
@@ -268,19 +270,47 @@ def attach_teacher_logits(
 # --------------------------------------------------------------------------------------------------
 
 
-def ensure_model(spec: ModelSpec, ctx: DistContext) -> Path:
-    """The model folder; a ``build_tiny`` spec creates a random tiny Qwen2 there the first time."""
-    path = Path(spec.model)
-    if not (path / "config.json").exists():
-        if spec.build_tiny is None:
-            raise WsdmError(f"{path}: model folder not found for {spec.name}")
-        if ctx.is_main:
-            from wsdm_serve.tiny import build_tiny_model
+TINY_SPEC = "wsdm_tiny_model.json"
 
-            if not spec.tokenizer:
-                raise WsdmError(f"{spec.name}: build_tiny needs a tokenizer folder")
-            build_tiny_model(path, spec.tokenizer, **spec.build_tiny)
-        ctx.barrier()
+
+def _field(spec: ModelConfig) -> str:
+    """How the configuration names this model's entry (for error messages)."""
+    return "student" if isinstance(spec, StudentConfig) else f"teachers.{spec.name}"
+
+
+def ensure_model(spec: ModelConfig, config: Config, ctx: DistContext) -> Path:
+    """The model folder; a ``build_tiny`` spec creates a random tiny Qwen2 there.
+
+    A tiny model is rebuilt when its recorded spec differs from the configured one, so a changed
+    ``build_tiny`` never trains on a stale model; a folder without that record is never touched.
+    """
+    path = config.model_path(spec)
+    if spec.build_tiny is not None:
+        wanted = {"spec": dataclasses.asdict(spec.build_tiny), "tokenizer": spec.tokenizer_dir}
+        record = path / TINY_SPEC
+        current = None
+        if record.exists():
+            try:
+                current = json.loads(record.read_text())
+            except ValueError:
+                current = None
+        fresh = not (path / "config.json").exists() or (record.exists() and current != wanted)
+        if fresh:
+            if ctx.is_main:
+                from wsdm_serve.tiny import build_tiny_model
+
+                if not Path(spec.tokenizer_dir).is_dir():
+                    raise WsdmError(
+                        f"{spec.tokenizer_dir}: tokenizer folder not found ({_field(spec)}.tokenizer)"
+                    )
+                with atomic_directory(path) as tmp:
+                    build_tiny_model(tmp, spec.tokenizer_dir, **dataclasses.asdict(spec.build_tiny))
+                    (tmp / TINY_SPEC).write_text(json.dumps(wanted, indent=1) + "\n")
+            ctx.barrier()
+        return path
+    if not (path / "config.json").exists():
+        hint = f"; download {spec.hf_id} there" if spec.hf_id else ""
+        raise WsdmError(f"{path}: model folder not found ({_field(spec)}.model){hint}")
     return path
 
 
@@ -293,14 +323,14 @@ class LoadedModel:
 
 
 def load_for_training(
-    spec: ModelSpec,
-    config: TrainingConfig,
+    spec: ModelConfig,
+    config: Config,
     ctx: DistContext,
     init_adapter: Path | None,
     seed: int,
     trainable: bool = True,
 ) -> LoadedModel:
-    model_dir = ensure_model(spec, ctx)
+    model_dir = ensure_model(spec, config, ctx)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=spec.trust_remote_code)
     letters = letter_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -311,7 +341,7 @@ def load_for_training(
     base = load_base_model(model_dir, settings, ctx.device, training=trainable)
     if base.config.pad_token_id is None:
         base.config.pad_token_id = pad_id
-    model = attach_lora(base, config.lora.settings(), init_adapter, trainable=trainable)
+    model = attach_lora(base, config.lora, init_adapter, trainable=trainable)
     if trainable and settings.gradient_checkpointing and not gradient_checkpointing_active(model):
         raise WsdmError(f"{model_dir}: gradient checkpointing was requested but the model did not enable it")
     head = (
@@ -361,7 +391,7 @@ def distillation_loss(temperature: float, mode: str):
 # --------------------------------------------------------------------------------------------------
 
 
-def _deepspeed_for(settings: StageSettings, options: RunOptions) -> Path | None:
+def deepspeed_for(settings: StageSettings, options: RunOptions) -> Path | None:
     choice = settings.deepspeed if options.deepspeed == "preset" else options.deepspeed
     path = resolve_deepspeed_config(choice)
     if path is not None:
@@ -377,7 +407,7 @@ def _deepspeed_for(settings: StageSettings, options: RunOptions) -> Path | None:
 
 @contextmanager
 def _context(settings_list: list[StageSettings], options: RunOptions) -> Iterator[DistContext]:
-    uses_ds = any(_deepspeed_for(s, options) is not None for s in settings_list)
+    uses_ds = any(deepspeed_for(s, options) is not None for s in settings_list)
     yield init_distributed(uses_ds, options.device)
 
 
@@ -403,7 +433,7 @@ def _train(
         loss_fn=loss_fn,
         pad_id=loaded.pad_id,
         ctx=ctx,
-        deepspeed=_deepspeed_for(settings, options),
+        deepspeed=deepspeed_for(settings, options),
         resume=options.resume,
         progress=options.progress,
         bf16=loaded.bf16 and ctx.device.startswith("cuda"),
@@ -417,10 +447,10 @@ def _finished(out_dir: Path, options: RunOptions) -> bool:
     return not options.force and (out_dir / "final" / "adapter_model.safetensors").exists()
 
 
-def pretrain(config: TrainingConfig, targets: list[str], options: RunOptions) -> list[StageResult]:
+def pretrain(config: Config, targets: list[str], options: RunOptions) -> list[StageResult]:
     """Post-pretraining of the student and/or teachers on the extra rows."""
     layout = Layout(config)
-    jobs: list[tuple[str, ModelSpec, PretrainSettings]] = []
+    jobs: list[tuple[str, ModelConfig, PretrainSettings]] = []
     for target in targets:
         if target == "student":
             jobs.append(("student", config.student, config.pretrain.student))
@@ -457,9 +487,7 @@ def _pretrain_handoff(layout: Layout, role: str, name: str, settings: PretrainSe
     return path
 
 
-def finetune(
-    config: TrainingConfig, teachers: list[str], folds: str, options: RunOptions
-) -> list[StageResult]:
+def finetune(config: Config, teachers: list[str], folds: str, options: RunOptions) -> list[StageResult]:
     """Per-fold fine-tune of each teacher (2-way CE), starting from its post-pretrained adapter."""
     layout = Layout(config)
     settings = config.finetune
@@ -502,9 +530,7 @@ def finetune(
     return results
 
 
-def teacher_predict(
-    config: TrainingConfig, teachers: list[str], folds: str, options: RunOptions
-) -> list[Path]:
+def teacher_predict(config: Config, teachers: list[str], folds: str, options: RunOptions) -> list[Path]:
     """Each fold teacher's raw A/B logits on its fold's train rows and (out-of-fold) dev rows."""
     layout = Layout(config)
     written = []
@@ -558,7 +584,7 @@ def teacher_predict(
     return written
 
 
-def distill(config: TrainingConfig, folds: str, options: RunOptions) -> list[StageResult]:
+def distill(config: Config, folds: str, options: RunOptions) -> list[StageResult]:
     """Per-fold student distillation from every configured teacher's fold logits."""
     layout = Layout(config)
     settings = config.distill

@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from wsdm_serve.engines.base import length_sorted_batches
 from wsdm_serve.errors import WsdmError
 
+from .config import StageSettings
 from .modeling import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LetterHead, LossParts, log_loss
-from .train_config import StageSettings
 
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
 STATE_FILE = "trainer_state.json"
