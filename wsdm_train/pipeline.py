@@ -1,0 +1,520 @@
+"""`wsdm-train all`: prepare -> pretrain -> finetune -> teacher-predict -> distill -> merge -> quantize.
+
+The pipeline keeps a manifest, ``pipeline.json`` in ``paths.model_dir``, with one record per stage:
+its status (``running`` or ``finished``), a hash of what the stage's outputs depend on, the
+outputs it wrote and how long it took. A stage's hash covers its own configuration and the hash of
+the stage before it, so a change anywhere upstream reaches every later stage. On each run:
+
+- a stage whose record is ``finished`` with the same hash, and whose outputs still exist, is
+  skipped;
+- a stage whose record is ``running`` with the same hash was interrupted: it runs again with its
+  own resume support (finished folds are kept, an interrupted fold continues from ``last/``);
+- a stage whose hash changed (or ``--force``, or ``--from`` at or before it) starts over: its old
+  outputs are removed first, so nothing of the old settings is resumed or kept by mistake.
+
+``prepare`` has its own manifest and fingerprint, so the pipeline asks it instead and chains its
+fingerprint. Teachers whose predictions are given as files (the reference's "fast train" path)
+are neither prepared nor trained; when every teacher's are given, the teacher stages do not run.
+
+The pipeline runs in one process. Under torchrun each process would run prepare, merge and
+quantize as well, so a multi-process launch is refused: launch the training stages one by one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from wsdm_serve.errors import WsdmError
+from wsdm_serve.outputs import atomic_write
+
+from .config import Config, TeacherConfig
+
+STAGES: tuple[str, ...] = (
+    "prepare",
+    "pretrain",
+    "finetune",
+    "teacher-predict",
+    "distill",
+    "merge",
+    "quantize",
+)
+MANIFEST_NAME = "pipeline.json"
+FORMAT_VERSION = 1
+# Settings that change how a stage runs but not what it computes; they do not make a stage redo.
+RUN_ONLY_FIELDS = ("deepspeed", "log_every", "checkpoint_every")
+
+
+@dataclass
+class PipelineOptions:
+    """Choices of one `wsdm-train all` run (not part of the recipe)."""
+
+    until: str | None = None
+    redo_from: str | None = None
+    force: bool = False
+    teacher_predictions: Path | None = None
+    deepspeed: str | None = "preset"
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class StageReport:
+    name: str
+    status: str  # skipped | done | not needed
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class PipelineResult:
+    output: Path | None
+    reports: list[StageReport] = field(default_factory=list)
+    stopped_after: str | None = None
+
+
+def _echo(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+class Manifest:
+    """``pipeline.json``: one record per stage, rewritten atomically after every change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stages: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            try:
+                data = json.loads(path.read_text("utf-8"))
+            except (OSError, ValueError):
+                data = None
+            if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+                raise WsdmError(
+                    f"{path}: not a pipeline manifest this version wrote; move it away to start over"
+                )
+            self.stages = data.get("stages", {})
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self.stages.get(name)
+
+    def set(self, name: str, record: dict[str, Any]) -> None:
+        self.stages[name] = record
+        payload = {"format": FORMAT_VERSION, "stages": self.stages}
+        atomic_write(
+            self.path,
+            lambda tmp: tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", "utf-8"),
+        )
+
+
+def digest(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    from .manifest import sha256_file
+
+    return sha256_file(path)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _recipe(section: Any) -> Any:
+    """A section as a dict without the fields that only change how it runs."""
+    values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+    for name in RUN_ONLY_FIELDS:
+        values.pop(name, None)
+    return values
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    """What this run has to do, decided before anything runs."""
+
+    config: Config
+    stages: list[str]
+    trained_teachers: list[TeacherConfig]
+    given: dict[str, list[Path]]  # teacher name -> its prediction file per fold
+    pretrain_targets: list[str]
+
+    def needed(self, stage: str) -> str | None:
+        """Why ``stage`` has nothing to do, or None when it does."""
+        if stage == "pretrain" and not self.pretrain_targets:
+            return "nothing starts from a post-pretrained adapter (init_from_pretrain is off)"
+        if stage in ("finetune", "teacher-predict") and not self.trained_teachers:
+            reason = "every teacher's predictions are given as files" if self.given else "no teachers"
+            return reason
+        return None
+
+
+def _given_predictions(config: Config, folder: Path | None) -> tuple[Config, dict[str, list[Path]]]:
+    """Fill ``distill.teacher_predictions`` from ``--teacher-predictions`` and check every file."""
+    patterns = dict(config.distill.teacher_predictions)
+    if folder is not None:
+        if not folder.is_dir():
+            raise WsdmError(f"{folder}: teacher predictions folder not found (--teacher-predictions)")
+        for teacher in config.teachers:
+            patterns.setdefault(
+                teacher.name, str(folder / teacher.name / "fold{fold}" / "predictions.parquet")
+            )
+        if not config.teachers:
+            raise WsdmError("--teacher-predictions: no teachers are configured to read predictions for")
+    given: dict[str, list[Path]] = {}
+    for name, pattern in patterns.items():
+        files = [Path(pattern.format(fold=k)) for k in range(config.prepare.n_folds)]
+        missing = [path for path in files if not path.is_file()]
+        if missing:
+            raise WsdmError(
+                f"{missing[0]}: teacher predictions of {name} not found "
+                f"({len(missing)} of {len(files)} folds missing; expected row_key, logit_a, logit_b)"
+            )
+        given[name] = files
+    if patterns != config.distill.teacher_predictions:
+        distill = dataclasses.replace(config.distill, teacher_predictions=patterns)
+        config = dataclasses.replace(config, distill=distill)
+    return config, given
+
+
+def make_plan(config: Config, options: PipelineOptions) -> Plan:
+    for name, value in (("--until", options.until), ("--from", options.redo_from)):
+        if value is not None and value not in STAGES:
+            raise WsdmError(f"{name} {value}: expected one of {', '.join(STAGES)}")
+    last = STAGES.index(options.until) if options.until else len(STAGES) - 1
+    if options.redo_from and STAGES.index(options.redo_from) > last:
+        raise WsdmError(f"--from {options.redo_from} comes after --until {options.until}")
+    config, given = _given_predictions(config, options.teacher_predictions)
+    trained = [t for t in config.teachers if t.name not in given]
+    targets = []
+    if config.distill.init_from_pretrain:
+        targets.append("student")
+    if config.finetune.init_from_pretrain:
+        targets += [t.name for t in trained]
+    return Plan(config, list(STAGES[: last + 1]), trained, given, targets)
+
+
+def preflight(plan: Plan, options: PipelineOptions) -> None:
+    """Stop before hours of training when a later stage could not run anyway."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise WsdmError(
+            "`wsdm-train all` runs in one process; under torchrun or deepspeed launch the training "
+            "stages one by one (pretrain, finetune, teacher-predict, distill)"
+        )
+    if "quantize" in plan.stages and importlib.util.find_spec("llmcompressor") is None:
+        from .quantize import INSTALL_HINT
+
+        raise WsdmError(f"{INSTALL_HINT}; or stop before quantizing with --until merge")
+    from .stages import RunOptions, deepspeed_for
+
+    run = RunOptions(deepspeed=options.deepspeed, device=options.device)
+    config = plan.config
+    settings = []
+    if "pretrain" in plan.stages and plan.needed("pretrain") is None:
+        if "student" in plan.pretrain_targets:
+            settings.append(config.pretrain.student)
+        if len(plan.pretrain_targets) > ("student" in plan.pretrain_targets):
+            settings.append(config.pretrain.teacher)
+    if "finetune" in plan.stages and plan.needed("finetune") is None:
+        settings.append(config.finetune)
+    if "distill" in plan.stages:
+        settings.append(config.distill)
+    for item in settings:
+        deepspeed_for(item, run)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class Stages:
+    """Each stage: what its hash covers, where its outputs are, how to run and how to clear it."""
+
+    def __init__(self, plan: Plan, options: PipelineOptions) -> None:
+        self.plan = plan
+        self.config = plan.config
+        self.options = options
+        from .stages import Layout
+
+        self.layout = Layout(self.config)
+
+    def _run_options(self, force: bool = False):
+        from .stages import RunOptions
+
+        return RunOptions(
+            deepspeed=self.options.deepspeed,
+            device=self.options.device,
+            resume=True,
+            progress=self.options.progress,
+            force=force,
+        )
+
+    def _folds(self) -> range:
+        return range(self.config.prepare.n_folds)
+
+    # -- what a stage depends on (besides the stage before it)
+
+    def settings(self, stage: str) -> dict[str, Any]:
+        config, plan = self.config, self.plan
+        teachers = [dataclasses.asdict(t) for t in plan.trained_teachers]
+        if stage == "pretrain":
+            return {
+                "targets": plan.pretrain_targets,
+                "student": dataclasses.asdict(config.student) if "student" in plan.pretrain_targets else None,
+                "teachers": [t for t in teachers if t["name"] in plan.pretrain_targets],
+                "lora": dataclasses.asdict(config.lora),
+                "student_settings": _recipe(config.pretrain.student),
+                "teacher_settings": _recipe(config.pretrain.teacher),
+            }
+        if stage == "finetune":
+            return {
+                "teachers": teachers,
+                "lora": dataclasses.asdict(config.lora),
+                "finetune": _recipe(config.finetune),
+            }
+        if stage == "teacher-predict":
+            return {
+                "teachers": [t["name"] for t in teachers],
+                "teacher_predict": _recipe(config.teacher_predict),
+            }
+        if stage == "distill":
+            distill = _recipe(config.distill)
+            distill.pop("teacher_predictions")
+            given = {name: [_sha256_file(p) for p in files] for name, files in sorted(plan.given.items())}
+            return {
+                "student": dataclasses.asdict(config.student),
+                "lora": dataclasses.asdict(config.lora),
+                "distill": distill,
+                "teachers": [t.name for t in config.teachers],
+                "given_predictions": given,
+            }
+        if stage == "merge":
+            return {
+                "merge": dataclasses.asdict(config.merge),
+                "base": str(config.model_path(config.student)),
+                "tokenizer": config.student.tokenizer,
+                "folds": config.prepare.n_folds,
+            }
+        if stage == "quantize":
+            return {
+                "quantize": dataclasses.asdict(config.quantize),
+                "model": str(config.quantize_input()),
+                "calibration": str(config.calibration_file()),
+            }
+        raise ValueError(stage)
+
+    # -- outputs
+
+    def outputs(self, stage: str) -> list[Path]:
+        layout, plan = self.layout, self.plan
+        teachers = [t.name for t in plan.trained_teachers]
+        if stage == "pretrain":
+            return [
+                layout.pretrain_out("student" if name == "student" else "teacher", name)
+                for name in plan.pretrain_targets
+            ]
+        if stage == "finetune":
+            return [layout.teacher_out(name, k) for name in teachers for k in self._folds()]
+        if stage == "teacher-predict":
+            return [layout.predictions(name, k) for name in teachers for k in self._folds()]
+        if stage == "distill":
+            return [layout.student_out(k) for k in self._folds()]
+        if stage == "merge":
+            return [self.config.merged_dir()]
+        if stage == "quantize":
+            return [self.config.final_dir()]
+        raise ValueError(stage)
+
+    def finished_outputs(self, stage: str) -> list[Path]:
+        """Files whose existence says the stage's outputs are still there."""
+        paths = self.outputs(stage)
+        if stage in ("pretrain", "finetune", "distill"):
+            return [path / "final" / "adapter_model.safetensors" for path in paths]
+        if stage in ("merge", "quantize"):
+            return [path / "config.json" for path in paths]
+        return paths
+
+    def clear(self, stage: str) -> None:
+        """Remove a stage's old outputs before it starts over (merge and quantize replace theirs)."""
+        if stage in ("merge", "quantize"):
+            return
+        for path in self.outputs(stage):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    # -- running
+
+    def run(self, stage: str, fresh: bool) -> str:
+        from . import stages
+
+        config, plan = self.config, self.plan
+        options = self._run_options()
+        teachers = [t.name for t in plan.trained_teachers]
+        if stage == "pretrain":
+            results = stages.pretrain(config, plan.pretrain_targets, options)
+            return _trained(results)
+        if stage == "finetune":
+            return _trained(stages.finetune(config, teachers, "all", options))
+        if stage == "teacher-predict":
+            written = stages.teacher_predict(config, teachers, "all", options)
+            return f"{len(written)} prediction file(s)"
+        if stage == "distill":
+            return _trained(stages.distill(config, "all", options))
+        if stage == "merge":
+            from .merge import merge_from_config
+
+            return merge_from_config(config, force=fresh).summary()
+        if stage == "quantize":
+            from .quantize import quantize_from_config
+
+            return quantize_from_config(config, force=fresh).summary()
+        raise ValueError(stage)
+
+
+def _trained(results) -> str:
+    if not results:
+        return "every run had finished before"
+    best = ", ".join(f"{r.out_dir.name} {r.best_acc:.3f}" for r in results)
+    return f"{len(results)} run(s); best dev acc: {best}"
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def run_pipeline(
+    config: Config,
+    options: PipelineOptions,
+    *,
+    config_source: str = "",
+    echo: Callable[[str], None] = _echo,
+) -> PipelineResult:
+    """Run (or skip, or resume) every stage up to ``options.until``; returns the final folder."""
+    plan = make_plan(config, options)
+    preflight(plan, options)
+    config = plan.config
+    manifest = Manifest(Path(config.paths.model_dir) / MANIFEST_NAME)
+    stages = Stages(plan, options)
+    result = PipelineResult(output=None)
+    redo_from = STAGES.index(options.redo_from) if options.redo_from else None
+    upstream = ""
+    for index, stage in enumerate(plan.stages):
+        redo = options.force or (redo_from is not None and index >= redo_from)
+        started = time.time()
+        if stage == "prepare":
+            upstream = _prepare(plan, options, redo, config_source, echo, result, manifest)
+            continue
+        reason = plan.needed(stage)
+        if reason is not None:
+            echo(f"all: {stage}: not needed ({reason})")
+            result.reports.append(StageReport(stage, "not needed", detail=reason))
+            upstream = digest({"stage": stage, "not_needed": reason, "upstream": upstream})
+            continue
+        settings = stages.settings(stage)
+        stage_hash = digest({"stage": stage, "settings": settings, "upstream": upstream})
+        record = manifest.get(stage)
+        same = record is not None and record.get("hash") == stage_hash
+        finished = same and record.get("status") == "finished"
+        if finished and not redo and all(p.exists() for p in stages.finished_outputs(stage)):
+            echo(f"all: {stage}: skipped (finished; settings and inputs unchanged)")
+            result.reports.append(StageReport(stage, "skipped"))
+            upstream = stage_hash
+            continue
+        fresh = redo or (record is not None and not same)
+        if fresh:
+            why = "redo requested" if redo else "settings or inputs changed"
+            echo(f"all: {stage}: {why}; starting over")
+            stages.clear(stage)
+        elif same and record.get("status") == "running":
+            echo(f"all: {stage}: resuming an interrupted run")
+        else:
+            echo(f"all: {stage}: running")
+        manifest.set(
+            stage, {"status": "running", "hash": stage_hash, "started": _now(), "settings": settings}
+        )
+        detail = stages.run(stage, fresh)
+        seconds = time.time() - started
+        manifest.set(
+            stage,
+            {
+                "status": "finished",
+                "hash": stage_hash,
+                "finished": _now(),
+                "seconds": round(seconds, 1),
+                "outputs": [str(p) for p in stages.outputs(stage)],
+                "settings": settings,
+            },
+        )
+        echo(f"all: {stage}: done in {seconds:.1f} s ({detail})")
+        result.reports.append(StageReport(stage, "done", seconds, detail))
+        upstream = stage_hash
+    last = plan.stages[-1]
+    if last == "quantize":
+        result.output = config.final_dir()
+    elif last == "merge":
+        result.output = config.merged_dir()
+    if last != STAGES[-1]:
+        result.stopped_after = last
+    return result
+
+
+def _prepare(
+    plan: Plan,
+    options: PipelineOptions,
+    redo: bool,
+    config_source: str,
+    echo: Callable[[str], None],
+    result: PipelineResult,
+    manifest: Manifest,
+) -> str:
+    """prepare keeps its own fingerprint; the pipeline records it and chains it downstream."""
+    from .prepare import run_prepare
+
+    started = time.time()
+    # Only teachers that will be trained need prepared data.
+    config = dataclasses.replace(plan.config, teachers=plan.trained_teachers)
+    outcome = run_prepare(
+        config,
+        config_source=config_source,
+        force=redo,
+        progress=options.progress,
+        echo=echo if options.progress else (lambda message: None),
+    )
+    fingerprint = outcome.manifest["fingerprint"]
+    seconds = time.time() - started
+    if outcome.up_to_date:
+        echo(f"all: prepare: up to date, skipped ({outcome.out_dir})")
+        result.reports.append(StageReport("prepare", "skipped"))
+    else:
+        echo(f"all: prepare: done in {seconds:.1f} s ({outcome.summary})")
+        result.reports.append(StageReport("prepare", "done", seconds, outcome.summary))
+    record = manifest.get("prepare")
+    if not (outcome.up_to_date and record and record.get("hash") == fingerprint):
+        manifest.set(
+            "prepare",
+            {
+                "status": "finished",
+                "hash": fingerprint,
+                "finished": _now(),
+                "seconds": round(seconds, 1),
+                "outputs": [str(outcome.out_dir)],
+            },
+        )
+    return digest({"stage": "prepare", "fingerprint": fingerprint})
