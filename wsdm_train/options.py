@@ -27,19 +27,23 @@ def config_options(command):
     return command
 
 
-def run_options(command, *, resume: bool = True):
-    """How a training stage runs: DeepSpeed, device, resume, quiet (not part of the recipe)."""
-    options = [
-        click.option(
-            "--deepspeed",
-            default="preset",
-            show_default=True,
-            help="DeepSpeed config: zero2, zero3, a JSON file, or none; 'preset' uses the stage's setting.",
-        ),
+def run_options(command, *, resume: bool = True, deepspeed: bool = True):
+    """How a stage runs: DeepSpeed, device, resume, quiet (not part of the recipe)."""
+    options = []
+    if deepspeed:
+        options.append(
+            click.option(
+                "--deepspeed",
+                default="preset",
+                show_default=True,
+                help="DeepSpeed config: zero2, zero3, a JSON file, or none; 'preset' uses the stage's setting.",
+            )
+        )
+    options.append(
         click.option(
             "--device", default="auto", show_default=True, help="auto, cpu, or cuda (one GPU per process)."
-        ),
-    ]
+        )
+    )
     if resume:
         options.append(
             click.option(
@@ -71,3 +75,9 @@ def load(config_name: str, overrides: tuple[str, ...] | list[str]):
 def pipeline_run_options(command):
     """The run options of `wsdm-train all`, which always resumes what it can."""
     return run_options(command, resume=False)
+
+
+def scoring_run_options(command):
+    """The run options of `wsdm-train teacher-predict`: scoring has no DeepSpeed engine or resume
+    state (a finished prediction file is kept; --force recomputes it)."""
+    return run_options(command, resume=False, deepspeed=False)

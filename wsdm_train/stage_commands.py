@@ -14,7 +14,7 @@ import click
 
 from wsdm_serve.cli import user_errors
 
-from .options import config_options, load, quiet_requested, run_options
+from .options import config_options, load, quiet_requested, run_options, scoring_run_options
 
 
 def setup_logging(quiet: bool) -> None:
@@ -28,6 +28,11 @@ def setup_logging(quiet: bool) -> None:
 def stage_options(command):
     command = click.option("--force", is_flag=True, help="Redo work whose output already exists.")(command)
     return config_options(run_options(command))
+
+
+def scoring_options(command):
+    command = click.option("--force", is_flag=True, help="Recompute prediction files that exist.")(command)
+    return config_options(scoring_run_options(command))
 
 
 def _options(deepspeed: str, device: str, resume: bool, force: bool, quiet: bool):
@@ -102,18 +107,18 @@ def add_stage_commands(main: click.Group) -> None:
         _report(run(config, _teacher_names(config, teacher), fold, options))
 
     @main.command("teacher-predict")
-    @stage_options
+    @scoring_options
     @click.option("--teacher", default="all", show_default=True, help="Teacher name, comma list, or all.")
     @click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
     @user_errors
-    def teacher_predict(config_name, overrides, deepspeed, device, resume, quiet, force, teacher, fold):
+    def teacher_predict(config_name, overrides, device, quiet, force, teacher, fold):
         """Write each fold teacher's A/B logits for the rows the student trains on (Parquet)."""
         quiet = quiet_requested(quiet)
         setup_logging(quiet)
         from .stages import teacher_predict as run
 
         config = load(config_name, overrides)
-        options = _options(deepspeed, device, resume, force, quiet)
+        options = _options("none", device, True, force, quiet)
         for path in run(config, _teacher_names(config, teacher), fold, options):
             click.echo(str(path))
 
