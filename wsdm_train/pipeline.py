@@ -230,7 +230,7 @@ def preflight(plan: Plan, options: PipelineOptions) -> None:
     if "pretrain" in plan.stages and plan.needed("pretrain") is None:
         if "student" in plan.pretrain_targets:
             settings.append(config.pretrain.student)
-        if len(plan.pretrain_targets) > ("student" in plan.pretrain_targets):
+        if any(target != "student" for target in plan.pretrain_targets):
             settings.append(config.pretrain.teacher)
     if "finetune" in plan.stages and plan.needed("finetune") is None:
         settings.append(config.finetune)
