@@ -263,6 +263,13 @@ def test_bad_invocations_are_one_line_errors(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --from quantize comes after --until merge"]
+    absent = tmp_path / "no-model"
+    result = run_cli(
+        "wsdm-train", "all", "--config", "tiny", *outputs(tmp_path),
+        "--set", "student.build_tiny=null", "--set", f"student.model={absent}", cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {absent}: model folder not found (student.model)"]
     assert not (tmp_path / "models").exists() and not (tmp_path / "processed").exists()
 
 

@@ -222,10 +222,18 @@ def preflight(plan: Plan, options: PipelineOptions) -> None:
         from .quantize import INSTALL_HINT
 
         raise WsdmError(f"{INSTALL_HINT}; or stop before quantizing with --until merge")
-    from .stages import RunOptions, deepspeed_for
+    from .stages import RunOptions, deepspeed_for, require_model_folder
 
-    run = RunOptions(deepspeed=options.deepspeed, device=options.device)
     config = plan.config
+    models = []
+    if {"pretrain", "distill", "merge"} & set(plan.stages):
+        models.append(config.student)
+    if {"pretrain", "finetune", "teacher-predict"} & set(plan.stages):
+        models += plan.trained_teachers
+    for spec in models:
+        if spec.build_tiny is None:
+            require_model_folder(spec, config)
+    run = RunOptions(deepspeed=options.deepspeed, device=options.device)
     settings = []
     if "pretrain" in plan.stages and plan.needed("pretrain") is None:
         if "student" in plan.pretrain_targets:

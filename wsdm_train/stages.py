@@ -308,7 +308,13 @@ def ensure_model(spec: ModelConfig, config: Config, ctx: DistContext) -> Path:
                     (tmp / TINY_SPEC).write_text(json.dumps(wanted, indent=1) + "\n")
             ctx.barrier()
         return path
-    if not (path / "config.json").exists():
+    return require_model_folder(spec, config)
+
+
+def require_model_folder(spec: ModelConfig, config: Config) -> Path:
+    """The folder of a model that is not built here; missing, it is one line naming the field."""
+    path = config.model_path(spec)
+    if not (path / "config.json").is_file():
         hint = f"; download {spec.hf_id} there" if spec.hf_id else ""
         raise WsdmError(f"{path}: model folder not found ({_field(spec)}.model){hint}")
     return path
