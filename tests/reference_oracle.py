@@ -1,4 +1,5 @@
-"""A literal, slow transcription of the reference's truncation (section 2.2), used as a test oracle.
+"""A literal, slow transcription of the reference's truncation (section 2.2): the test oracle and the
+baseline of tools/bench_preprocess.py.
 
 It trims one token at a time exactly as the published loops describe, so the fast closed form in
 ``wsdm_serve.truncation`` can be compared with it on any input.

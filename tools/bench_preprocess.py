@@ -22,6 +22,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.reference_oracle import reference_truncate  # noqa: E402
 from wsdm_serve.data import ArenaRows  # noqa: E402
 from wsdm_serve.preprocess import build_prompts  # noqa: E402
 from wsdm_serve.prompt import JudgePrompt  # noqa: E402
@@ -37,29 +38,8 @@ def _encode(text: str) -> list[int]:
 
 
 def reference_row(row: tuple[str, str, str]) -> tuple[int, int]:
-    """One row as the reference processed it: encode, loop-trim, render both orders, tokenize."""
-    query, a, b = row
-    query = " ".join(query.split(" ")[:256])
-    a = " ".join(a.split(" ")[:WORD_CAP])
-    b = " ".join(b.split(" ")[:WORD_CAP])
-    q_len, a_len, b_len = len(_encode(query)), len(_encode(a)), len(_encode(b))
-    if q_len + a_len + b_len > BUDGET:
-        query = query if len(_encode(query)) < 256 else _tokenizer.decode(_encode(query)[:256])
-        q_len = len(_encode(query))
-        if q_len + a_len + b_len > BUDGET:
-            room = BUDGET - q_len
-            ta, tb = _encode(a), _encode(b)
-            if len(ta) > len(tb):
-                while len(ta) + len(tb) > room and len(ta) > len(tb):
-                    ta = ta[:-1]
-            else:
-                while len(ta) + len(tb) > room and len(tb) > len(ta):
-                    tb = tb[:-1]
-            while len(ta) + len(tb) > room:
-                ta = ta[:-1]
-                if len(ta) + len(tb) > room:
-                    tb = tb[:-1]
-            a, b = _tokenizer.decode(ta), _tokenizer.decode(tb)
+    """One row as the reference processed it: encode, loop-trim, render both orders, tokenize, decode."""
+    query, a, b = reference_truncate(_tokenizer, *row, BUDGET, WORD_CAP)
     prompt = JudgePrompt(_tokenizer)
     forward, swapped = prompt.render_pair(query, a, b)
     # section 7.1: each prompt is tokenized and decoded back to get its length and the engine's string
