@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,15 @@ def console_script(name: str) -> str:
     return found
 
 
-def run_cli(name: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    name: str, *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run an installed console script; ``env`` adds variables to this process's environment."""
     return subprocess.run(
-        [console_script(name), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+        [console_script(name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        env={**os.environ, **env} if env else None,
     )
