@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import time
@@ -21,6 +22,9 @@ import pytest
 from conftest import ARENA_SAMPLE, console_script, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
+# One torch thread per command: the tests share two cores between two workers, and torch's
+# intra-op threads then wait on each other (scoring measured several times slower on busy cores).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TEACHERS = ["tiny_small", "tiny_large"]
 EARLY = ["prepare", "pretrain", "finetune", "teacher-predict"]
 
@@ -36,7 +40,9 @@ def outputs(root: Path) -> list[str]:
 
 def wsdm_train_all(root: Path, *extra: str) -> subprocess.CompletedProcess:
     started = time.time()
-    result = run_cli("wsdm-train", "all", "--config", "tiny", "--quiet", *outputs(root), *extra, cwd=ROOT)
+    result = run_cli(
+        "wsdm-train", "all", "--config", "tiny", "--quiet", *outputs(root), *extra, cwd=ROOT, env=ONE_THREAD
+    )
     print(f"all {' '.join(extra)}: {time.time() - started:.1f}s, exit {result.returncode}")
     print(result.stderr[-3000:])
     return result
@@ -69,7 +75,9 @@ def kill_during_distillation(root: Path) -> int:
     command = [console_script("wsdm-train"), "all", "--config", "tiny", "--quiet", *outputs(root)]
     log = root / "first-run.log"
     with log.open("w") as handle:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **ONE_THREAD}
+        )
         # The loop ends as soon as a checkpoint appears; the generous limit only guards against a hang
         # on a slow or busy machine.
         deadline = time.time() + 2400
@@ -163,13 +171,14 @@ def test_tiny_chain_interrupted_resumed_and_served(tmp_path):
     ]
 
     # 4. The folder is a model the serving side accepts.
-    check = run_cli("wsdm-serve", "check-model", final)
+    check = run_cli("wsdm-serve", "check-model", final, env=ONE_THREAD)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "compressed-tensors" in check.stdout
     submission = tmp_path / "submission.csv"
     predict = run_cli(
-        "wsdm-serve", "predict", ARENA_SAMPLE, "--model", final, "--out", submission, "--device", "cpu"
-    )
+        "wsdm-serve", "predict", ARENA_SAMPLE, "--model", final, "--out", submission, "--device", "cpu",
+        env=ONE_THREAD,
+    )  # fmt: skip
     assert predict.returncode == 0, predict.stderr
     frame = pd.read_csv(submission, dtype={"id": str})
     rows = pd.read_parquet(ARENA_SAMPLE)
@@ -201,7 +210,7 @@ def test_tiny_chain_interrupted_resumed_and_served(tmp_path):
     given = models / "teachers"
     result = run_cli(
         "wsdm-train", "all", "--config", "tiny", "--quiet", *outputs(fast),
-        "--teacher-predictions", given, "--until", "distill", cwd=ROOT,
+        "--teacher-predictions", given, "--until", "distill", cwd=ROOT, env=ONE_THREAD,
     )  # fmt: skip
     print(result.stderr[-2000:])
     assert result.returncode == 0, result.stderr
