@@ -28,22 +28,10 @@ from wsdm_serve.engines.gpu_plan import (
     tensor_parallel_sizes,
 )
 from wsdm_serve.errors import WsdmError
+from wsdm_serve.tiny import QWEN25_14B_SHAPE
 
 # Qwen2.5-14B-Instruct's config.json (the judge's shape).
-QWEN25_14B = {
-    "architectures": ["Qwen2ForCausalLM"],
-    "model_type": "qwen2",
-    "hidden_size": 5120,
-    "intermediate_size": 13824,
-    "num_hidden_layers": 48,
-    "num_attention_heads": 40,
-    "num_key_value_heads": 8,
-    "vocab_size": 152064,
-    "max_position_embeddings": 32768,
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-}
+QWEN25_14B = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **QWEN25_14B_SHAPE}
 GPTQ8 = {
     "quant_method": "gptq",
     "bits": 8,

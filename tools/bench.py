@@ -45,6 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from wsdm_serve.tiny import QWEN25_14B_SHAPE  # noqa: E402
+
 ASSETS = REPO / "tests" / "assets"
 TOKENIZER_DIR = ASSETS / "qwen2.5-tokenizer"
 SOURCES = (ASSETS / "arena_hard_sample.parquet", ASSETS / "pandalm_train.parquet")
@@ -52,17 +54,8 @@ SOURCES = (ASSETS / "arena_hard_sample.parquet", ASSETS / "pandalm_train.parquet
 QWEN25_14B = {
     "architectures": ["Qwen2ForCausalLM"],
     "model_type": "qwen2",
-    "hidden_size": 5120,
-    "intermediate_size": 13824,
-    "num_hidden_layers": 48,
-    "num_attention_heads": 40,
-    "num_key_value_heads": 8,
-    "vocab_size": 152064,
-    "max_position_embeddings": 32768,
+    **QWEN25_14B_SHAPE,
     "max_window_layers": 48,
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
     "use_sliding_window": False,
     "sliding_window": None,
     "hidden_act": "silu",

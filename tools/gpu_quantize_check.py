@@ -40,21 +40,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from wsdm_serve.tiny import QWEN25_14B_SHAPE  # noqa: E402
+
 ASSETS = ROOT / "tests" / "assets"
 TOKENIZER = ASSETS / "qwen2.5-tokenizer"
 ARENA = ASSETS / "arena_hard_sample.parquet"
 PANDALM = ASSETS / "pandalm_train.parquet"
 
+# num_hidden_layers comes from --layers
 QWEN25_14B = {
-    "vocab_size": 152064,
-    "hidden_size": 5120,
-    "intermediate_size": 13824,
-    "num_attention_heads": 40,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 32768,
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
+    **{key: value for key, value in QWEN25_14B_SHAPE.items() if key != "num_hidden_layers"},
     "hidden_act": "silu",
     "initializer_range": 0.02,
 }

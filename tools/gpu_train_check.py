@@ -30,19 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-# Qwen2.5-14B-Instruct's config.json.
-QWEN25_14B = dict(
-    vocab_size=152064,
-    hidden_size=5120,
-    intermediate_size=13824,
-    num_hidden_layers=48,
-    num_attention_heads=40,
-    num_key_value_heads=8,
-    max_position_embeddings=32768,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
-)
+from wsdm_serve.tiny import QWEN25_14B_SHAPE  # noqa: E402
+
+QWEN25_14B = QWEN25_14B_SHAPE
 
 
 def optional(name: str, hint: str):

@@ -1,4 +1,5 @@
-"""Tiny random Qwen2 models: for tests, engine parity checks and the `tiny` training preset.
+"""Model shapes without weights: tiny random Qwen2 models (tests, parity checks, the `tiny` training
+preset) and the 14B judge shape (benchmarks).
 
 They share the real Qwen2.5 tokenizer (so prompts, truncation and letter ids are the real ones) and
 differ from the 14B judge only in size, which makes every code path runnable on a CPU in seconds.
@@ -9,6 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 
 QWEN25_VOCAB = 151936  # the Qwen2.5 embedding size for the small models; the tokenizer has 151,665 ids
+
+QWEN25_14B_SHAPE = {
+    "vocab_size": 152064,
+    "hidden_size": 5120,
+    "intermediate_size": 13824,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
+"""The judge's shape (Qwen2.5-14B-Instruct's config.json): the honest size for speed and memory
+measurements with random weights, shared by the benchmarks and the GPU checks."""
 
 
 def build_tiny_model(
