@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .checkmodel import ModelReport, check_model
 from .errors import WsdmError
+from .outputs import replace_directory
 
 KAGGLE_HANDLE = "daihengwei/wsdm-qwen2.5/transformers/711gptq8b128/1"
 DEFAULT_SOURCE = f"kaggle:{KAGGLE_HANDLE}"
@@ -400,19 +401,7 @@ def stage_tree(src: Path, dst: Path, *, link: bool, progress: bool = True) -> Pa
 
 def install(new: Path, dest: Path) -> None:
     """Rename the verified ``new`` folder to ``dest``; an old ``dest`` is moved aside, then deleted."""
-    old = None
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.replaced-", dir=dest.parent))
-        os.rmdir(old)
-        os.rename(dest, old)
-    try:
-        os.rename(new, dest)
-    except BaseException:
-        if old is not None:
-            os.rename(old, dest)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_directory(new, dest)
 
 
 def check_destination(dest: Path, force: bool) -> None:

@@ -10,7 +10,6 @@ is always either the previous complete folder or the new complete one, never a m
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wsdm_serve.errors import WsdmError
-from wsdm_serve.outputs import atomic_write
+from wsdm_serve.outputs import atomic_write, replace_directory
 
 MARKERS = ".done"
 STAMP = "fingerprint"
@@ -67,15 +66,8 @@ class Staging:
         """Put the finished folder in place of the destination; the old one is removed afterwards."""
         (self.path / STAMP).unlink(missing_ok=True)
         shutil.rmtree(self.path / MARKERS, ignore_errors=True)
-        old = self.destination.parent / f".{self.destination.name}.old"
         try:
-            if old.exists():
-                shutil.rmtree(old)
-            if self.destination.exists():
-                os.replace(self.destination, old)
-            os.replace(self.path, self.destination)
-            if old.exists():
-                shutil.rmtree(old)
+            replace_directory(self.path, self.destination)
         except OSError as exc:
             raise WsdmError(
                 f"{self.destination}: cannot move the finished data into place ({exc.strerror})"
