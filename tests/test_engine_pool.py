@@ -90,27 +90,6 @@ def test_a_worker_that_fails_while_scoring_stops_the_pool(when, message):
         pool.score([[1]])
 
 
-def test_run_predict_with_an_engine_it_did_not_build_leaves_it_open(tiny_model_dir, tokenizer):
-    """The seam tools/bench.py uses: passes timed without engine start-up, engine reused."""
-    from wsdm_serve.data import load_arena_rows
-    from wsdm_serve.engines.hf import HFEngine
-    from wsdm_serve.predict import PredictConfig, run_predict
-    from wsdm_serve.prompt import letter_token_ids
-    from wsdm_serve.truncation import TruncationConfig
-
-    rows = load_arena_rows(ARENA_SAMPLE)
-    config = PredictConfig(
-        model=tiny_model_dir, tta="none", truncation=TruncationConfig(token_budget=400), progress=False
-    )
-    with HFEngine(tiny_model_dir, letter_token_ids(tokenizer), device="cpu") as engine:
-        first = run_predict(rows, config, engine=engine)
-        second = run_predict(rows, config, engine=engine)
-        assert engine.model is not None
-    built = run_predict(rows, config)
-    np.testing.assert_array_equal(first.probs, second.probs)
-    np.testing.assert_allclose(first.probs, built.probs, atol=1e-6)
-
-
 def test_hf_engine_wraps_a_model_already_in_memory(tiny_model_dir):
     """The seam the benchmark uses for 14B random weights built on the GPU."""
     from transformers import AutoModelForCausalLM

@@ -13,10 +13,12 @@ Measurements (each in its own process, so GPU memory is returned between them):
                   raw      the reference's method: every prompt, shortest first, in one
                            ``LLM.generate`` (max_tokens=1, allowed A/B, logprobs), logprobs read
                   score    ``VLLMEngine.score`` (chunked submission with progress callbacks)
-                  predict  ``run_predict``: tokenizer, truncation, prompts, scoring, probabilities
+                  predict  ``Judge.predict`` + ``write_predictions``: truncation, prompts,
+                           scoring, probabilities, the submission CSV written (the judge is made
+                           once, like the engine: model checks and tokenizer load are start-up)
                 (prefix cache reset before every pass; engine start-up reported separately)
   vllm-gptq8    the same with a GPTQ 8-bit g128 checkpoint config (vLLM picks its kernel)
-  hf            the transformers engine, ``run_predict`` with the same rows
+  hf            the transformers engine, the same predict with the same rows
 
     PYTHONPATH=$PWD python tools/bench.py --json bench.json        # ~7 min on one H100
     PYTHONPATH=$PWD python tools/bench.py --quick                   # 2-layer model, smoke test
@@ -219,6 +221,15 @@ def predict_config(model_dir: Path):
     return PredictConfig(model=model_dir, tta="none", progress=False)
 
 
+def predict_and_write(judge, rows, workdir: Path):
+    """What `wsdm-serve predict` does per table once the model is up: score, then write the CSV."""
+    from wsdm_serve.predict import write_predictions
+
+    result = judge.predict(rows)
+    write_predictions(result, workdir / "sub" / "submission.csv")
+    return result
+
+
 def timed(fn, sync=None):
     if sync:
         sync()
@@ -261,7 +272,7 @@ def worker_vllm(args, config, name: str) -> None:
     import vllm
 
     from wsdm_serve.engines.vllm import VLLMEngine, letter_logprobs
-    from wsdm_serve.predict import run_predict
+    from wsdm_serve.predict import Judge
     from wsdm_serve.preprocess import build_prompts
     from wsdm_serve.prompt import letter_token_ids
     from wsdm_serve.tokenizer import load_tokenizer
@@ -294,8 +305,10 @@ def worker_vllm(args, config, name: str) -> None:
         "chunk_tokens": scorer.chunk_tokens,
     }
     print(f"[{name}] engine up in {startup:.1f} s: {info['plan']}", flush=True)
-    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     config_for_predict = predict_config(model_dir)
+    judge_setup, judge = timed(lambda: Judge(config_for_predict, engine))
+    info["judge_setup_s"] = round(judge_setup, 2)
+    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     state = {}
 
     def raw():
@@ -310,7 +323,7 @@ def worker_vllm(args, config, name: str) -> None:
         return engine.score(token_ids, lambda rows, tokens: None)
 
     def predict():
-        return run_predict(rows, config_for_predict, engine=engine)
+        return predict_and_write(judge, rows, workdir)
 
     def preprocess():
         return build_prompts(
@@ -357,7 +370,7 @@ def worker_hf(args, config) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from wsdm_serve.engines.hf import HFEngine
-    from wsdm_serve.predict import run_predict
+    from wsdm_serve.predict import Judge
     from wsdm_serve.prompt import letter_token_ids
     from wsdm_serve.tokenizer import load_tokenizer
 
@@ -374,13 +387,11 @@ def worker_hf(args, config) -> None:
     startup = time.perf_counter() - started
     info = {"startup_s": round(startup, 1), "batch_tokens": engine.batch_tokens, "attention": "sdpa"}
     print(f"[hf] model built on the GPU in {startup:.1f} s", flush=True)
-    config_for_predict = predict_config(model_dir)
+    judge = Judge(predict_config(model_dir), engine)
     engine.score([token_ids[i] for i in range(0, len(token_ids), max(1, len(token_ids) // 16))])
     times = []
     for _ in range(args.hf_reps):
-        seconds, _ = timed(
-            lambda: run_predict(rows, config_for_predict, engine=engine), torch.cuda.synchronize
-        )
+        seconds, _ = timed(lambda: predict_and_write(judge, rows, workdir), torch.cuda.synchronize)
         times.append(seconds)
     summarize("hf", "predict", lengths, times, config, **info)
     engine.close()

@@ -241,13 +241,10 @@ def predict(
     trust_remote_code,
 ) -> None:
     """Predict the winner of every row of PATH (parquet, csv or jsonl) and write a submission."""
-    import pandas as pd
-
     from .data import load_arena_rows
-    from .outputs import check_writable, write_frame
-    from .predict import PredictConfig, run_predict
+    from .outputs import check_writable
+    from .predict import PredictConfig, run_predict, write_predictions
     from .truncation import TruncationConfig
-    from .tta import winners
 
     quiet = ctx.obj["quiet"]
     if probs is not None and probs.suffix.lower() != ".parquet":
@@ -266,12 +263,7 @@ def predict(
         progress=not quiet,
     )
     result = run_predict(rows, config, STARTED_AT)
-    submission = pd.DataFrame({"id": result.ids, "winner": winners(result.probs)})
-    if probs is not None:
-        write_frame(
-            pd.DataFrame({"id": result.ids, "p_a": result.probs[:, 0], "p_b": result.probs[:, 1]}), probs
-        )
-    write_frame(submission, out)
+    write_predictions(result, out, probs)
     click.echo(f"predict: {result.summary()} -> {out}", err=True)
 
 

@@ -5,7 +5,6 @@ Knows nothing about CUDA (engines do) and nothing about file formats of outputs 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,10 +17,11 @@ from .checkmodel import preflight
 from .data import ArenaRows
 from .engines.base import ScoringEngine
 from .engines.select import EngineOptions, check_options, create_engine
+from .outputs import write_frame
 from .preprocess import PromptSet, build_prompts
 from .prompt import letter_token_ids
 from .truncation import INFERENCE_TRUNCATION, TruncationConfig
-from .tta import TTAMode, TTAPlan, combine_swapped, least_confident, softmax2
+from .tta import TTAMode, TTAPlan, combine_swapped, least_confident, softmax2, winners
 
 log = logging.getLogger(__name__)
 
@@ -79,50 +79,86 @@ def score_with_progress(
         return engine.score(sequences, progress)
 
 
-def run_predict(
-    rows: ArenaRows,
-    config: PredictConfig,
-    started_at: float | None = None,
-    engine: ScoringEngine | None = None,
-) -> PredictResult:
-    """Score every row, then re-score the least confident ones swapped as the time budget allows.
+class Judge:
+    """A checked model with its tokenizer loaded, ready to judge one table after another.
 
-    ``started_at`` (a ``time.time()`` stamp) is when the job began: the reference's time budget
-    counts everything since the start, loading included. ``engine``, when given, is used instead of
-    one built from ``config.engine`` and stays open (benchmarks time passes without engine start-up).
+    Checking the model folder and loading its tokenizer cost about a second, starting an engine
+    minutes; a caller with several tables (or a benchmark timing passes) pays that once, and each
+    :meth:`predict` does only per-row work: truncation, prompts, scoring, TTA. The engine is started
+    by the first :meth:`predict`, sized for that table's longest prompt, unless one is handed in;
+    a judge closes only an engine it started.
     """
-    started_at = time.time() if started_at is None else started_at
-    if engine is None:
-        check_options(config.engine)
-    # Config, tokenizer and answer letters are checked before minutes of loading weights.
-    tokenizer = preflight(config.model, config.trust_remote_code)
-    letters = letter_token_ids(tokenizer)
-    prompts: PromptSet = build_prompts(
-        rows, tokenizer, config.truncation, with_swapped_ids=config.tta != "none", progress=config.progress
-    )
-    owned = engine is None
-    if engine is None:
-        engine = create_engine(
-            config.model, letters, prompts.longest, config.engine, config.trust_remote_code
+
+    def __init__(self, config: PredictConfig, engine: ScoringEngine | None = None) -> None:
+        if engine is None:
+            check_options(config.engine)
+        self.config = config
+        # Config, tokenizer and answer letters are checked before minutes of loading weights.
+        self.tokenizer = preflight(config.model, config.trust_remote_code)
+        self.letters = letter_token_ids(self.tokenizer)
+        self.engine = engine
+        self._owns_engine = engine is None
+
+    def prompts(self, rows: ArenaRows) -> PromptSet:
+        config = self.config
+        return build_prompts(
+            rows,
+            self.tokenizer,
+            config.truncation,
+            with_swapped_ids=config.tta != "none",
+            progress=config.progress,
         )
-    with engine if owned else contextlib.nullcontext(engine):
-        forward_started = time.time()
-        forward_logits = score_with_progress(engine, prompts.token_ids, "score", config.progress)
-        forward_minutes = (time.time() - forward_started) / 60
-        forward = softmax2(forward_logits)
-        plan = TTAPlan(config.tta, config.time_budget_minutes)
-        count = plan.count(len(rows), (time.time() - started_at) / 60, forward_minutes)
-        rescored = np.sort(least_confident(forward, count))
-        swapped = np.zeros((0, 2))
-        probs = forward
-        n_tokens = int(prompts.n_tokens.sum())
-        if count:
-            assert prompts.swapped_token_ids is not None
-            sequences = [prompts.swapped_token_ids[i] for i in rescored]
-            swapped = softmax2(score_with_progress(engine, sequences, "tta", config.progress))
-            probs = combine_swapped(forward, swapped, rescored)
-            n_tokens += sum(len(s) for s in sequences)
-        engine_name = engine.describe()
+
+    def predict(self, rows: ArenaRows, started_at: float | None = None) -> PredictResult:
+        """Score every row, then re-score the least confident ones swapped as the time budget allows.
+
+        ``started_at`` (a ``time.time()`` stamp) is when the job began: the reference's time budget
+        counts everything since the start, loading included.
+        """
+        started_at = time.time() if started_at is None else started_at
+        prompts = self.prompts(rows)
+        if self.engine is None:
+            self.engine = create_engine(
+                self.config.model,
+                self.letters,
+                prompts.longest,
+                self.config.engine,
+                self.config.trust_remote_code,
+            )
+        return score_prompts(rows, prompts, self.engine, self.config, started_at)
+
+    def close(self) -> None:
+        if self._owns_engine and self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def __enter__(self) -> Judge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def score_prompts(
+    rows: ArenaRows, prompts: PromptSet, engine: ScoringEngine, config: PredictConfig, started_at: float
+) -> PredictResult:
+    """Forward pass over every prompt, then the swapped order for as many rows as TTA allows."""
+    forward_started = time.time()
+    forward_logits = score_with_progress(engine, prompts.token_ids, "score", config.progress)
+    forward_minutes = (time.time() - forward_started) / 60
+    forward = softmax2(forward_logits)
+    plan = TTAPlan(config.tta, config.time_budget_minutes)
+    count = plan.count(len(rows), (time.time() - started_at) / 60, forward_minutes)
+    rescored = np.sort(least_confident(forward, count))
+    swapped = np.zeros((0, 2))
+    probs = forward
+    n_tokens = int(prompts.n_tokens.sum())
+    if count:
+        assert prompts.swapped_token_ids is not None
+        sequences = [prompts.swapped_token_ids[i] for i in rescored]
+        swapped = softmax2(score_with_progress(engine, sequences, "tta", config.progress))
+        probs = combine_swapped(forward, swapped, rescored)
+        n_tokens += sum(len(s) for s in sequences)
     return PredictResult(
         ids=list(rows.ids),
         forward=forward,
@@ -131,6 +167,33 @@ def run_predict(
         swapped=swapped,
         n_tokens=n_tokens,
         seconds=time.time() - started_at,
-        engine=engine_name,
+        engine=engine.describe(),
         row_tokens=prompts.n_tokens.copy(),
     )
+
+
+def run_predict(
+    rows: ArenaRows,
+    config: PredictConfig,
+    started_at: float | None = None,
+    engine: ScoringEngine | None = None,
+) -> PredictResult:
+    """One table, start to finish: check the model, build prompts, start the engine, score.
+
+    ``engine``, when given, is used instead of one built from ``config.engine`` and stays open.
+    """
+    started_at = time.time() if started_at is None else started_at
+    with Judge(config, engine) as judge:
+        return judge.predict(rows, started_at)
+
+
+def write_predictions(result: PredictResult, out: Path, probs_path: Path | None = None) -> None:
+    """The submission (``id,winner``) and, if asked, the probabilities; each file written atomically."""
+    import pandas as pd
+
+    if probs_path is not None:
+        write_frame(
+            pd.DataFrame({"id": result.ids, "p_a": result.probs[:, 0], "p_b": result.probs[:, 1]}),
+            probs_path,
+        )
+    write_frame(pd.DataFrame({"id": result.ids, "winner": winners(result.probs)}), out)
