@@ -125,6 +125,11 @@ def test_engine_arguments_keep_the_checkpoints_quantization_and_read_both_letter
         "float16",
         10_301,
     )
+    experiment = engine_kwargs(
+        "/models/judge", tensor_parallel=1, dtype="bfloat16", max_model_len=100, gpu_memory_utilization=0.9,
+        enforce_eager=True, trust_remote_code=False, extra_args={"enforce_eager": False, "max_num_seqs": 64},
+    )  # fmt: skip
+    assert (experiment["enforce_eager"], experiment["max_num_seqs"]) == (False, 64)
     sampling = sampling_kwargs((A, B))
     assert sampling["allowed_token_ids"] == [A, B]
     assert (sampling["max_tokens"], sampling["temperature"]) == (1, 0.0)
@@ -237,17 +242,13 @@ def test_vllm_engine_matches_hf_engine_on_a_gpu():
     reason = _gpu_and_vllm()
     if reason:
         pytest.skip(reason)
-    import argparse
     import importlib.util as util
     from pathlib import Path
 
     spec = util.spec_from_file_location("parity", Path(__file__).parents[1] / "tools" / "parity.py")
     parity = util.module_from_spec(spec)
     spec.loader.exec_module(parity)
-    args = argparse.Namespace(
-        model=None, reference_model=None, pandalm_rows=32, tolerance=0.02, init_std=0.1, gpus=None,
-        tensor_parallel=None, gpu_memory_utilization=0.5, json=None,
-    )  # fmt: skip
+    args = parity.build_parser().parse_args(["--pandalm-rows", "32", "--gpu-memory-utilization", "0.5"])
     result = parity.run(args)
     assert result["passed"], result
 

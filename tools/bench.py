@@ -267,6 +267,18 @@ def worker_matmul(args, config) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def scheduler_facts(llm) -> dict:
+    """The scheduler settings vLLM chose, for the record (they decide how prefill is batched)."""
+    config = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+    scheduler = getattr(config, "scheduler_config", None)
+    facts = {}
+    for key in ("max_num_batched_tokens", "max_num_seqs", "async_scheduling"):
+        value = getattr(scheduler, key, None)
+        if value is not None:
+            facts[key] = value
+    return facts
+
+
 def worker_vllm(args, config, name: str) -> None:
     import numpy as np
     import vllm
@@ -293,6 +305,7 @@ def worker_vllm(args, config, name: str) -> None:
         gpu_memory_utilization=args.gpu_memory_utilization,
         load_format="dummy",
         max_num_batched_tokens=args.max_num_batched_tokens,
+        extra_args=dict(args.vllm_arg),
     )
     startup = time.perf_counter() - started
     if engine.scorer is None:
@@ -303,6 +316,8 @@ def worker_vllm(args, config, name: str) -> None:
         "startup_s": round(startup, 1),
         "plan": engine.plan.describe(),
         "chunk_tokens": scorer.chunk_tokens,
+        **scheduler_facts(scorer.llm),
+        **({"vllm_args": dict(args.vllm_arg)} if args.vllm_arg else {}),
     }
     print(f"[{name}] engine up in {startup:.1f} s: {info['plan']}", flush=True)
     config_for_predict = predict_config(model_dir)
@@ -506,6 +521,16 @@ def _check(value: float | None, threshold: float) -> str:
     return "met" if value >= threshold else "NOT met"
 
 
+def vllm_arg(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=JSON, e.g. enforce_eager=false")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a bare string, e.g. attention_backend=FLASH_ATTN
+
+
 def first_gpu() -> str:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     return visible.split(",")[0].strip() if visible else "0"
@@ -535,6 +560,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--max-num-batched-tokens", type=int, default=None, help="vLLM scheduler step size [default: vLLM's]"
+    )
+    parser.add_argument(
+        "--vllm-arg",
+        action="append",
+        default=[],
+        type=vllm_arg,
+        metavar="KEY=JSON",
+        help="extra vllm.LLM argument for experiments, e.g. enforce_eager=false (repeatable)",
     )
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--gpu", default=None, help="the GPU to use [default: the first visible]")

@@ -73,8 +73,9 @@ def engine_kwargs(
     load_format: str = "auto",
     seed: int = 0,
     max_num_batched_tokens: int | None = None,
+    extra_args: dict | None = None,
 ) -> dict:
-    """Arguments of ``vllm.LLM`` for scoring.
+    """Arguments of ``vllm.LLM`` for scoring; ``extra_args`` (benchmarks, experiments) win over ours.
 
     No ``quantization`` key: vLLM reads the method from the checkpoint and picks its fastest kernel
     (gptq_marlin / Machete for GPTQ); naming ``gptq`` would force the slow legacy kernel.
@@ -98,6 +99,7 @@ def engine_kwargs(
         # Tokens per scheduler step; None keeps vLLM's default. Prefill-only scoring is GEMM-bound,
         # so larger steps can use the GPU better (tools/bench.py --max-num-batched-tokens).
         **({"max_num_batched_tokens": max_num_batched_tokens} if max_num_batched_tokens else {}),
+        **(extra_args or {}),
     }
 
 
@@ -166,6 +168,7 @@ class VLLMScorer:
         load_format: str = "auto",
         chunk_tokens: int = CHUNK_TOKENS,
         max_num_batched_tokens: int | None = None,
+        extra_args: dict | None = None,
     ) -> None:
         prepare_environment()
         try:
@@ -187,6 +190,7 @@ class VLLMScorer:
             trust_remote_code=trust_remote_code,
             load_format=load_format,
             max_num_batched_tokens=max_num_batched_tokens,
+            extra_args=extra_args,
         )
         try:
             self.llm = LLM(**kwargs)
@@ -263,6 +267,7 @@ class VLLMEngine(ScoringEngine):
         load_format: str = "auto",
         chunk_tokens: int = CHUNK_TOKENS,
         max_num_batched_tokens: int | None = None,
+        extra_args: dict | None = None,
     ) -> None:
         if not vllm_installed():
             raise WsdmError(VLLM_MISSING)
@@ -297,6 +302,7 @@ class VLLMEngine(ScoringEngine):
             "load_format": load_format,
             "chunk_tokens": chunk_tokens,
             "max_num_batched_tokens": max_num_batched_tokens,
+            "extra_args": extra_args,
         }
         all_visible = [gpu.index for gpu in visible]
         self.scorer: VLLMScorer | None = None
