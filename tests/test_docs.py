@@ -42,3 +42,31 @@ def test_every_command_and_option_is_in_the_readme(name, command):
             assert any(opt in README for opt in param.opts), (
                 f"{name}: option {param.opts[0]} is not in the README"
             )
+
+
+def test_the_readme_python_example_runs_as_written(tiny_model_dir, tmp_path):
+    """Run the README's Python block in a folder laid out as it assumes (model, two tables)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.conftest import ARENA_SAMPLE
+
+    blocks = re.findall(r"^```python\n(.*?)^```$", README, flags=re.M | re.S)
+    assert len(blocks) == 1, "README should show one Python example"
+    shutil.copytree(tiny_model_dir, tmp_path / "model_save" / "final_model")
+    (tmp_path / "data").mkdir()
+    table = pd.read_parquet(ARENA_SAMPLE)
+    table.iloc[:5].to_parquet(tmp_path / "data" / "day1.parquet")
+    table.iloc[5:9].to_parquet(tmp_path / "data" / "day2.parquet")
+    result = subprocess.run(
+        [sys.executable, "-c", blocks[0]], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("rows,") == 2
+    for name, ids in (("day1", table["id"][:5]), ("day2", table["id"][5:9])):
+        written = pd.read_csv(tmp_path / "sub" / f"{name}.csv")
+        assert written["id"].astype(str).tolist() == ids.astype(str).tolist()
+        assert set(written["winner"]) <= {"model_a", "model_b"}
