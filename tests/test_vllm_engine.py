@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 import subprocess
 import sys
@@ -268,6 +269,22 @@ def test_vllm_engine_matches_hf_engine_on_a_gpu(dtype, tolerance):
     assert result["passed"], result
     if dtype == "float32":
         assert result["identical_decisions"], result
+
+
+def test_parity_tool_runs_its_workers_and_compares_on_a_cpu(tmp_path):
+    """The machinery the GPU parity check relies on (rows, worker processes, comparison), run with the
+    transformers engine on both sides: the same engine and dtype must agree exactly."""
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "tools" / "parity.py"
+    out = tmp_path / "parity.json"
+    command = [sys.executable, str(script), "--candidate", "hf", "--dtype", "float32", "--pandalm-rows", "4"]
+    result = subprocess.run([*command, "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["sequences"] == 2 * (32 + 4)
+    assert (report["reference"], report["candidate"]) == ("hf float32", "hf float32")
+    assert report["identical_decisions"] and report["max_abs_diff_p_a"] == 0.0
 
 
 @pytest.mark.parametrize("tool", ["bench.py", "parity.py"])

@@ -5,6 +5,12 @@ built in bf16; the real arena rows of tests/assets are rendered with the judge p
 swapped, and scored by the transformers engine and by the vllm engine, each in its own process.
 Printed: whether every decision is the same, and max |P_hf(A) - P_vllm(A)| (bf16: expect < 0.02).
 
+The reference is always the transformers engine; ``--candidate`` and ``--reference-dtype`` choose
+what it is compared with, which also measures how far bf16 itself moves the scores:
+
+    PYTHONPATH=$PWD python tools/parity.py --candidate hf --reference-dtype float32   # hf bf16 vs fp32 (CPU too)
+    PYTHONPATH=$PWD python tools/parity.py --reference-dtype float32                  # vllm bf16 vs hf fp32
+
     PYTHONPATH=$PWD python tools/parity.py                       # tiny bf16 model, one GPU
     PYTHONPATH=$PWD python tools/parity.py --gpus 0,1            # vllm engine data parallel (2 workers)
     PYTHONPATH=$PWD python tools/parity.py --tensor-parallel 2   # vllm engine tensor parallel
@@ -30,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 ASSETS = REPO / "tests" / "assets"
 TOKENIZER_DIR = ASSETS / "qwen2.5-tokenizer"
+DTYPES = ["bfloat16", "float16", "float32"]
 ROW_SOURCES = {"arena": ASSETS / "arena_hard_sample.parquet", "pandalm": ASSETS / "pandalm_train.parquet"}
 
 
@@ -66,7 +73,7 @@ def worker(args) -> None:
     if args.worker == "hf":
         from wsdm_serve.engines.hf import HFEngine
 
-        engine = HFEngine(args.reference_model or args.model, letters, device="cuda", dtype=args.dtype)
+        engine = HFEngine(args.model, letters, device="auto", dtype=args.dtype)
         description = f"transformers on {engine.device}, {engine.dtype}"
     else:
         from wsdm_serve.engines.vllm import VLLMEngine
@@ -87,19 +94,16 @@ def worker(args) -> None:
     np.save(args.out, logits)
 
 
-def run_worker(name: str, args, sequences_path: Path, out: Path) -> None:
+def run_worker(name: str, model: Path, dtype: str, args, sequences_path: Path, out: Path) -> None:
     command = [
         sys.executable, str(Path(__file__).resolve()), "--worker", name, "--sequences", str(sequences_path),
-        "--out", str(out), "--model", str(args.model),
+        "--out", str(out), "--model", str(model), "--dtype", dtype,
         "--gpu-memory-utilization", str(args.gpu_memory_utilization),
     ]  # fmt: skip
-    if args.reference_model:
-        command += ["--reference-model", str(args.reference_model)]
     if args.gpus:
         command += ["--gpus", args.gpus]
     if args.tensor_parallel:
         command += ["--tensor-parallel", str(args.tensor_parallel)]
-    command += ["--dtype", args.dtype]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     completed = subprocess.run(command, env=env)
@@ -107,16 +111,16 @@ def run_worker(name: str, args, sequences_path: Path, out: Path) -> None:
         raise SystemExit(f"the {name} engine failed (exit {completed.returncode}); see its output above")
 
 
-def compare(hf, vllm, labels: list[str], tolerance: float) -> dict:
+def compare(reference, candidate, labels: list[str], tolerance: float) -> dict:
     """Decisions and probability differences; a flip only counts as a failure away from a tie."""
     import numpy as np
 
     from wsdm_serve.tta import softmax2
 
-    p_hf, p_vllm = softmax2(hf)[:, 0], softmax2(vllm)[:, 0]
-    diff = np.abs(p_hf - p_vllm)
-    flips = np.nonzero((p_hf > 0.5) != (p_vllm > 0.5))[0]
-    near_tie = [int(i) for i in flips if min(abs(p_hf[i] - 0.5), abs(p_vllm[i] - 0.5)) < tolerance]
+    p_ref, p_cand = softmax2(reference)[:, 0], softmax2(candidate)[:, 0]
+    diff = np.abs(p_ref - p_cand)
+    flips = np.nonzero((p_ref > 0.5) != (p_cand > 0.5))[0]
+    near_tie = [int(i) for i in flips if min(abs(p_ref[i] - 0.5), abs(p_cand[i] - 0.5)) < tolerance]
     worst = int(diff.argmax())
     return {
         "sequences": len(labels),
@@ -125,8 +129,12 @@ def compare(hf, vllm, labels: list[str], tolerance: float) -> dict:
         "flips_near_a_tie": len(near_tie),
         "max_abs_diff_p_a": float(diff.max()),
         "mean_abs_diff_p_a": float(diff.mean()),
-        "worst": {"row": labels[worst], "p_hf": float(p_hf[worst]), "p_vllm": float(p_vllm[worst])},
-        "spread_p_a": [float(np.quantile(p_hf, q)) for q in (0.05, 0.5, 0.95)],
+        "worst": {
+            "row": labels[worst],
+            "p_reference": float(p_ref[worst]),
+            "p_candidate": float(p_cand[worst]),
+        },
+        "spread_p_a": [float(np.quantile(p_ref, q)) for q in (0.05, 0.5, 0.95)],
         "tolerance": tolerance,
         "passed": bool(diff.max() < tolerance and len(flips) == len(near_tie)),
     }
@@ -147,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument(
-        "--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="both engines' dtype"
+        "--dtype",
+        choices=DTYPES,
+        default="bfloat16",
+        help="the candidate's dtype, and the tiny model's",
+    )
+    parser.add_argument("--candidate", choices=["vllm", "hf"], default="vllm", help="the engine compared")
+    parser.add_argument(
+        "--reference-dtype", choices=DTYPES, default=None, help="the hf reference's dtype [default: --dtype]"
     )
     parser.add_argument(
         "--init-std", type=float, default=0.1, help="tiny model: weight scale (spread of P(A))"
@@ -198,13 +213,25 @@ def run(args) -> dict:
         sequences, letters, labels = build_sequences(args.model, args.pandalm_rows)
         sequences_path = scratch / "sequences.json"
         sequences_path.write_text(json.dumps({"sequences": sequences, "letters": letters}))
-        for name in ("hf", "vllm"):
-            run_worker(name, args, sequences_path, scratch / f"{name}.npy")
-        result = compare(np.load(scratch / "hf.npy"), np.load(scratch / "vllm.npy"), labels, args.tolerance)
+        reference_dtype = args.reference_dtype or args.dtype
+        run_worker(
+            "hf",
+            args.reference_model or args.model,
+            reference_dtype,
+            args,
+            sequences_path,
+            scratch / "ref.npy",
+        )
+        run_worker(args.candidate, args.model, args.dtype, args, sequences_path, scratch / "candidate.npy")
+        result = compare(
+            np.load(scratch / "ref.npy"), np.load(scratch / "candidate.npy"), labels, args.tolerance
+        )
     result["model"] = str(args.model)
     result["reference_model"] = str(args.reference_model or args.model)
+    result["reference"] = f"hf {reference_dtype}"
+    result["candidate"] = f"{args.candidate} {args.dtype}"
     print(
-        f"{result['sequences']} prompts ({len(labels) // 2} rows, forward and swapped); P_hf(A) 5/50/95%: "
+        f"{result['sequences']} prompts ({len(labels) // 2} rows, forward and swapped); reference P(A) 5/50/95%: "
         + " / ".join(f"{q:.3f}" for q in result["spread_p_a"])
     )
     print(
@@ -212,8 +239,9 @@ def run(args) -> dict:
         f"({result['decision_flips']} flips, {result['flips_near_a_tie']} of them within {args.tolerance} of a tie)"
     )
     print(
-        f"max |P_hf(A) - P_vllm(A)|: {result['max_abs_diff_p_a']:.5f} (mean {result['mean_abs_diff_p_a']:.5f}; "
-        f"worst {result['worst']['row']}: {result['worst']['p_hf']:.4f} vs {result['worst']['p_vllm']:.4f})"
+        f"max |P(A) {result['reference']} - P(A) {result['candidate']}|: {result['max_abs_diff_p_a']:.5f} "
+        f"(mean {result['mean_abs_diff_p_a']:.5f}; worst {result['worst']['row']}: "
+        f"{result['worst']['p_reference']:.4f} vs {result['worst']['p_candidate']:.4f})"
     )
     print(f"parity within {args.tolerance}: {'PASSED' if result['passed'] else 'FAILED'}")
     if args.json:
