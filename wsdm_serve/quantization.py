@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engines.gpu_plan import read_model_config
 from .errors import WsdmError
 
 WEIGHT_FORMATS = ("compressed-tensors", "gptq")
@@ -108,19 +109,6 @@ def _read_small_tensor(path: Path, name: str):
 # --------------------------------------------------------------------------- the check
 
 
-def read_config(model_dir: Path) -> dict:
-    path = model_dir / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise WsdmError(f"{model_dir}: no config.json; not a model folder") from None
-    except json.JSONDecodeError as exc:
-        raise WsdmError(f"{path}: not valid JSON ({exc.msg})") from exc
-    if not isinstance(config, dict):
-        raise WsdmError(f"{path}: expected a JSON object")
-    return config
-
-
 def verify_quantized_checkpoint(
     model_dir: str | Path, expect: QuantSpec | None = REFERENCE_SPEC
 ) -> QuantizedCheckpoint:
@@ -134,7 +122,7 @@ def verify_quantized_checkpoint(
     """
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
-    quant = read_config(model_dir).get("quantization_config")
+    quant = read_model_config(model_dir).get("quantization_config")
     if quant is None:
         raise WsdmError(f"{config_path}: no quantization_config; the model is not quantized")
     if not isinstance(quant, dict):

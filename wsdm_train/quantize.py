@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsdm_serve.data import read_table
+from wsdm_serve.engines.gpu_plan import read_model_config
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_directory
-from wsdm_serve.quantization import read_config, verify_quantized_checkpoint
+from wsdm_serve.quantization import verify_quantized_checkpoint
 
 from .config import Config, QuantizeConfig
 
@@ -241,7 +242,7 @@ def export_gptq_v1(source: Path, dest: Path, config: QuantizeConfig) -> None:
             and path.name != "model.safetensors.index.json"
         ):
             shutil.copy2(path, dest / path.name)
-    model_config = read_config(dest)
+    model_config = read_model_config(dest)
     model_config["quantization_config"] = {
         "quant_method": "gptq",
         "checkpoint_format": "gptq",
@@ -299,7 +300,7 @@ def quantize_model(
         raise WsdmError(f"{out}: is an input of the quantization; write the output elsewhere")
     if not (model_dir / "config.json").exists():
         raise WsdmError(f"{model_dir}: model folder not found or has no config.json (run `wsdm-train merge`)")
-    if read_config(model_dir).get("quantization_config"):
+    if read_model_config(model_dir).get("quantization_config"):
         raise WsdmError(
             f"{model_dir}: the model is already quantized; quantize the merged full-precision model"
         )
