@@ -285,7 +285,6 @@ def worker_vllm(args, config, name: str) -> None:
 
     from wsdm_serve.engines.vllm import VLLMEngine, letter_logprobs
     from wsdm_serve.predict import Judge
-    from wsdm_serve.preprocess import build_prompts
     from wsdm_serve.prompt import letter_token_ids
     from wsdm_serve.tokenizer import load_tokenizer
     from wsdm_serve.tta import softmax2
@@ -341,9 +340,7 @@ def worker_vllm(args, config, name: str) -> None:
         return predict_and_write(judge, rows, workdir)
 
     def preprocess():
-        return build_prompts(
-            rows, tokenizer, config_for_predict.truncation, with_swapped_ids=False, progress=False
-        )
+        return judge.prompts(rows)  # exactly the prompt building inside predict
 
     prompts = preprocess()
     if prompts.token_ids != token_ids:
