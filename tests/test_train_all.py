@@ -230,31 +230,26 @@ def test_tiny_chain_interrupted_resumed_and_served(tmp_path):
 
 def test_bad_invocations_are_one_line_errors(tmp_path):
     missing = tmp_path / "nowhere"
-    result = run_cli(
-        "wsdm-train",
-        "all",
-        "--config",
-        "tiny",
-        *outputs(tmp_path),
-        "--teacher-predictions",
-        missing,
-        cwd=ROOT,
-    )
+
+    def run_all():
+        return run_cli(
+            "wsdm-train",
+            "all",
+            "--config",
+            "tiny",
+            *outputs(tmp_path),
+            "--teacher-predictions",
+            missing,
+            cwd=ROOT,
+        )
+
+    result = run_all()
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {missing}: teacher predictions folder not found (--teacher-predictions)"
     ]
     (missing / "tiny_small" / "fold0").mkdir(parents=True)
-    result = run_cli(
-        "wsdm-train",
-        "all",
-        "--config",
-        "tiny",
-        *outputs(tmp_path),
-        "--teacher-predictions",
-        missing,
-        cwd=ROOT,
-    )
+    result = run_all()
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {missing / 'tiny_small' / 'fold0' / 'predictions.parquet'}: teacher predictions of tiny_small "
