@@ -7,6 +7,7 @@ import pandas as pd
 
 from tests.conftest import ARENA_SAMPLE
 from wsdm_serve.data import ArenaRows, load_arena_rows
+from wsdm_serve.engines.base import ScoringEngine
 from wsdm_serve.engines.hf import HFEngine
 from wsdm_serve.predict import Judge, PredictConfig, run_predict, write_predictions
 from wsdm_serve.prompt import letter_token_ids
@@ -59,6 +60,43 @@ def test_a_judge_leaves_an_engine_it_was_given_open(tiny_model_dir, tokenizer):
     built = run_predict(rows, config)
     np.testing.assert_array_equal(first.probs, second.probs)
     np.testing.assert_allclose(first.probs, built.probs, atol=1e-6)
+
+
+class ChunkByChunkEngine(ScoringEngine):
+    """A real streaming engine on a CPU: scores each chunk the moment it arrives (as the vllm
+    engine queues it), with the transformers engine underneath."""
+
+    def __init__(self, inner: HFEngine) -> None:
+        self.inner = inner
+        self.calls: list[tuple[bool, list[int]]] = []  # (chunks still being built?, chunk sizes)
+
+    def score(self, sequences, progress=None):
+        return self.inner.score(sequences, progress)
+
+    def score_stream(self, chunks, progress=None):
+        lazy = not isinstance(chunks, list | tuple)
+        sizes, parts = [], []
+        for chunk in chunks:
+            sizes.append(len(chunk))
+            parts.append(self.inner.score(chunk, progress))
+        self.calls.append((lazy, sizes))
+        return np.concatenate(parts)
+
+
+def test_a_running_engine_gets_prompts_chunk_by_chunk_with_the_same_result(tiny_model_dir, tokenizer):
+    """With its engine up, a judge streams the table in growing chunks; forward scores, TTA and
+    token counts equal those of the whole-table path."""
+    rows = load_arena_rows(ARENA_SAMPLE)
+    config = _config(tiny_model_dir, tta="all")
+    with HFEngine(tiny_model_dir, letter_token_ids(tokenizer), device="cpu") as inner:
+        engine = ChunkByChunkEngine(inner)
+        with Judge(config, engine) as judge:
+            streamed = judge.predict(rows)
+        whole = run_predict(rows, config, engine=inner)
+    assert engine.calls == [(True, [16, 16]), (False, [len(rows)])]  # forward streamed, then TTA
+    np.testing.assert_allclose(streamed.forward, whole.forward, atol=1e-6)
+    np.testing.assert_allclose(streamed.probs, whole.probs, atol=1e-6)
+    assert streamed.n_tokens == whole.n_tokens and (streamed.row_tokens == whole.row_tokens).all()
 
 
 def test_write_predictions_writes_winners_and_probabilities(tiny_model_dir, tmp_path):

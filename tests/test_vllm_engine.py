@@ -231,11 +231,11 @@ def test_auto_falls_back_to_hf_and_says_which_options_it_ignored(tiny_model_dir,
 # ------------------------------------------------------------------------------- real vLLM
 def _gpu_and_vllm() -> str | None:
     if vllm_missing:
-        return "vLLM is not installed (pip install 'wsdm[vllm]' on a CUDA machine); tools/parity.py runs this check there"
+        return "vLLM is not installed (pip install 'wsdm[vllm]' on a CUDA machine, where this check runs)"
     from wsdm_serve.engines.gpu_plan import detect_gpus
 
     if not detect_gpus():
-        return "no CUDA GPU is visible; tools/parity.py runs this check on a GPU machine"
+        return "no CUDA GPU is visible (this check runs on a GPU machine with vLLM)"
     return None
 
 
@@ -269,6 +269,43 @@ def test_vllm_engine_matches_hf_engine_on_a_gpu(dtype, tolerance):
     assert result["passed"], result
     if dtype == "float32":
         assert result["identical_decisions"], result
+
+
+def test_vllm_engine_streams_chunks_and_stays_usable_after_a_failed_one(tiny_model_dir):
+    """A running vllm engine takes a table chunk by chunk (prompts queued while later ones are still
+    being built) with the same scores as the whole table at once; a chunk that fails (a prompt too
+    long for the engine, or an interruption) aborts what was queued and leaves the engine usable."""
+    reason = _gpu_and_vllm()
+    if reason:
+        pytest.skip(reason)
+    from wsdm_serve.data import load_arena_rows
+    from wsdm_serve.predict import Judge, PredictConfig
+
+    rows = load_arena_rows(ARENA_SAMPLE)
+    options = EngineOptions(name="vllm", dtype="float32", gpu_memory_utilization=0.3)
+    config = PredictConfig(model=tiny_model_dir, tta="all", engine=options, progress=False)
+    with Judge(config) as judge:
+        whole = judge.predict(rows)  # sizes and starts the engine, then scores the table at once
+        streamed = judge.predict(rows)  # the engine is running: chunks of 16 rows stream in
+        engine = judge.engine
+        prompts = judge.prompts(rows)
+        np.testing.assert_allclose(streamed.forward, whole.forward, atol=2e-3)
+        np.testing.assert_array_equal(streamed.forward[:, 0] > 0.5, whole.forward[:, 0] > 0.5)
+        too_long = [prompts.token_ids[0] + [prompts.token_ids[0][-1]] * engine.scorer.max_model_len]
+
+        class Interrupted(Exception):
+            pass
+
+        def interrupted():
+            yield prompts.token_ids[:8]
+            raise Interrupted
+
+        for failing, error in (([prompts.token_ids[:8], too_long], WsdmError), (interrupted(), Interrupted)):
+            with pytest.raises(error):
+                engine.score_stream(failing)
+            assert not engine.scorer.llm.llm_engine.has_unfinished_requests()
+        again = softmax2(engine.score(prompts.token_ids))
+        np.testing.assert_allclose(again, whole.forward, atol=2e-3)
 
 
 def test_parity_tool_runs_its_workers_and_compares_on_a_cpu(tmp_path):

@@ -12,10 +12,11 @@ Measurements (each in its own process, so GPU memory is returned between them):
   vllm-bf16     the vllm engine (bf16), three methods on one ``vllm.LLM``, interleaved per repetition:
                   raw      the reference's method: every prompt, shortest first, in one
                            ``LLM.generate`` (max_tokens=1, allowed A/B, logprobs), logprobs read
-                  score    ``VLLMEngine.score`` (chunked submission with progress callbacks)
+                  score    ``VLLMEngine.score`` (queued shortest first, collected with progress callbacks)
                   predict  ``Judge.predict`` + ``write_predictions``: truncation, prompts,
                            scoring, probabilities, the submission CSV written (the judge is made
-                           once, like the engine: model checks and tokenizer load are start-up)
+                           once, like the engine: model checks and tokenizer load are start-up;
+                           with the engine running, prompts stream into it as they are built)
                 (prefix cache reset before every pass; engine start-up reported separately)
   vllm-gptq8    the same with a GPTQ 8-bit g128 checkpoint config (vLLM picks its kernel)
   hf            the transformers engine, the same predict with the same rows
@@ -314,7 +315,6 @@ def worker_vllm(args, config, name: str) -> None:
         "vllm": vllm.__version__,
         "startup_s": round(startup, 1),
         "plan": engine.plan.describe(),
-        "chunk_tokens": scorer.chunk_tokens,
         **scheduler_facts(scorer.llm),
         **({"vllm_args": dict(args.vllm_arg)} if args.vllm_arg else {}),
     }

@@ -1,4 +1,4 @@
-"""The prediction pipeline: table -> prompts -> length-sorted scoring -> swap TTA -> probabilities.
+"""The prediction pipeline: table -> prompts -> scoring -> swap TTA -> probabilities.
 
 Knows nothing about CUDA (engines do) and nothing about file formats of outputs (the CLI does).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .data import ArenaRows
 from .engines.base import ScoringEngine
 from .engines.select import EngineOptions, check_options, create_engine
 from .outputs import write_frame
-from .preprocess import PromptSet, build_prompts
+from .preprocess import STREAM_CHUNK_ROWS, PromptSet, build_prompts, iter_prompt_chunks
 from .prompt import letter_token_ids
 from .truncation import INFERENCE_TRUNCATION, TruncationConfig
 from .tta import TTAMode, TTAPlan, combine_swapped, least_confident, softmax2, winners
@@ -62,12 +63,17 @@ class PredictResult:
 
 
 def score_with_progress(
-    engine: ScoringEngine, sequences: list[list[int]], desc: str, enabled: bool
+    engine: ScoringEngine,
+    chunks: Iterable[Sequence[Sequence[int]]],
+    total: int,
+    desc: str,
+    enabled: bool,
 ) -> np.ndarray:
-    """Run the engine under a progress bar that shows rows/s and tokens/s."""
+    """Run the engine over ``total`` sequences handed over in chunks, under a progress bar that
+    shows rows/s and tokens/s."""
     started = time.perf_counter()
     tokens_done = 0
-    with tqdm(total=len(sequences), desc=desc, unit="row", disable=not enabled, dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc=desc, unit="row", disable=not enabled, dynamic_ncols=True) as bar:
 
         def progress(rows: int, tokens: int) -> None:
             nonlocal tokens_done
@@ -76,7 +82,7 @@ def score_with_progress(
             bar.set_postfix_str(f"{tokens_done / elapsed:,.0f} tok/s", refresh=False)
             bar.update(rows)
 
-        return engine.score(sequences, progress)
+        return engine.score_stream(chunks, progress)
 
 
 class Judge:
@@ -109,23 +115,36 @@ class Judge:
             progress=config.progress,
         )
 
+    def prompt_chunks(self, rows: ArenaRows) -> Iterator[PromptSet]:
+        """The same prompts, yielded a chunk at a time for an engine that is already running."""
+        return iter_prompt_chunks(
+            rows,
+            self.tokenizer,
+            self.config.truncation,
+            with_swapped_ids=self.config.tta != "none",
+            chunk_rows=STREAM_CHUNK_ROWS,
+        )
+
     def predict(self, rows: ArenaRows, started_at: float | None = None) -> PredictResult:
         """Score every row, then re-score the least confident ones swapped as the time budget allows.
 
         ``started_at`` (a ``time.time()`` stamp) is when the job began: the reference's time budget
-        counts everything since the start, loading included.
+        counts everything since the start, loading included. A new engine is sized for the table's
+        longest prompt, so the first table is prompted in full before it starts; once an engine is
+        running, prompts stream into it while later rows are still being tokenized.
         """
         started_at = time.time() if started_at is None else started_at
+        if self.engine is not None:
+            return score_prompts(rows, self.prompt_chunks(rows), self.engine, self.config, started_at)
         prompts = self.prompts(rows)
-        if self.engine is None:
-            self.engine = create_engine(
-                self.config.model,
-                self.letters,
-                prompts.longest,
-                self.config.engine,
-                self.config.trust_remote_code,
-            )
-        return score_prompts(rows, prompts, self.engine, self.config, started_at)
+        self.engine = create_engine(
+            self.config.model,
+            self.letters,
+            prompts.longest,
+            self.config.engine,
+            self.config.trust_remote_code,
+        )
+        return score_prompts(rows, [prompts], self.engine, self.config, started_at)
 
     def close(self) -> None:
         if self._owns_engine and self.engine is not None:
@@ -140,12 +159,30 @@ class Judge:
 
 
 def score_prompts(
-    rows: ArenaRows, prompts: PromptSet, engine: ScoringEngine, config: PredictConfig, started_at: float
+    rows: ArenaRows,
+    prompt_chunks: Iterable[PromptSet],
+    engine: ScoringEngine,
+    config: PredictConfig,
+    started_at: float,
 ) -> PredictResult:
-    """Forward pass over every prompt, then the swapped order for as many rows as TTA allows."""
+    """Forward pass over every prompt, then the swapped order for as many rows as TTA allows.
+
+    ``prompt_chunks`` are consecutive chunks of the rows' prompts; the engine may start on the
+    first before the next is built.
+    """
+    built: list[PromptSet] = []
+
+    def forward_ids() -> Iterator[list[list[int]]]:
+        for chunk in prompt_chunks:
+            built.append(chunk)
+            yield chunk.token_ids
+
     forward_started = time.time()
-    forward_logits = score_with_progress(engine, prompts.token_ids, "score", config.progress)
+    forward_logits = score_with_progress(engine, forward_ids(), len(rows), "score", config.progress)
     forward_minutes = (time.time() - forward_started) / 60
+    prompts = PromptSet.concat(built)
+    if len(prompts) != len(rows):
+        raise RuntimeError(f"the engine scored {len(prompts)} prompts for {len(rows)} rows")
     forward = softmax2(forward_logits)
     plan = TTAPlan(config.tta, config.time_budget_minutes)
     count = plan.count(len(rows), (time.time() - started_at) / 60, forward_minutes)
@@ -156,7 +193,7 @@ def score_prompts(
     if count:
         assert prompts.swapped_token_ids is not None
         sequences = [prompts.swapped_token_ids[i] for i in rescored]
-        swapped = softmax2(score_with_progress(engine, sequences, "tta", config.progress))
+        swapped = softmax2(score_with_progress(engine, [sequences], len(sequences), "tta", config.progress))
         probs = combine_swapped(forward, swapped, rescored)
         n_tokens += sum(len(s) for s in sequences)
     return PredictResult(

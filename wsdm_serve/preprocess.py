@@ -1,12 +1,14 @@
 """Rows -> judge prompts -> token ids, in chunks, with a progress bar.
 
 Work is batched per chunk so the Rust tokenizer can use every core, and a chunk is small enough to
-keep the progress bar moving on large tables.
+keep the progress bar moving on large tables. The chunks can also be consumed as they are built
+(:func:`iter_prompt_chunks`), so an engine that is already running starts on the first rows while
+later ones are still being tokenized.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +19,9 @@ from .prompt import JudgePrompt
 from .truncation import INFERENCE_TRUNCATION, TruncationConfig, encode_texts, truncate_rows
 
 CHUNK_ROWS = 256
+STREAM_CHUNK_ROWS = (16, 32, 64, 128, CHUNK_ROWS)
+"""Chunk sizes when prompts are streamed into a running engine: the first chunk is small so the GPU
+starts within milliseconds; the last size repeats."""
 
 
 @dataclass
@@ -45,6 +50,62 @@ class PromptSet:
             lengths.append(max((len(ids) for ids in self.swapped_token_ids), default=0))
         return max(lengths)
 
+    @classmethod
+    def concat(cls, parts: Sequence[PromptSet]) -> PromptSet:
+        """One set from consecutive chunks, in order."""
+        swapped_ids = None
+        if parts and all(part.swapped_token_ids is not None for part in parts):
+            swapped_ids = [ids for part in parts for ids in part.swapped_token_ids]
+        return cls(
+            [text for part in parts for text in part.texts],
+            [text for part in parts for text in part.swapped_texts],
+            [ids for part in parts for ids in part.token_ids],
+            swapped_ids,
+        )
+
+
+def chunk_bounds(n_rows: int, sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of consecutive chunks of the given sizes; the last size repeats."""
+    start, step = 0, 0
+    while start < n_rows:
+        size = sizes[min(step, len(sizes) - 1)]
+        yield start, min(start + size, n_rows)
+        start += size
+        step += 1
+
+
+def iter_prompt_chunks(
+    rows: ArenaRows,
+    tokenizer,
+    config: TruncationConfig = INFERENCE_TRUNCATION,
+    *,
+    system_prompt: str | None = None,
+    with_swapped_ids: bool = True,
+    chunk_rows: Sequence[int] = (CHUNK_ROWS,),
+) -> Iterator[PromptSet]:
+    """Truncate, render and tokenize the rows chunk by chunk, yielding each chunk when it is ready.
+
+    Every row is prompted on its own, so the chunks concatenate to exactly what one pass over the
+    table gives; swapped ids only when TTA may need them.
+    """
+    prompt = JudgePrompt(tokenizer) if system_prompt is None else JudgePrompt(tokenizer, system_prompt)
+    for start, stop in chunk_bounds(len(rows), chunk_rows):
+        chunk = truncate_rows(
+            tokenizer,
+            rows.prompts[start:stop],
+            rows.responses_a[start:stop],
+            rows.responses_b[start:stop],
+            config,
+        )
+        forward = [prompt.render(t.query, t.response_a, t.response_b) for t in chunk]
+        backward = [prompt.render(t.query, t.response_b, t.response_a) for t in chunk]
+        yield PromptSet(
+            forward,
+            backward,
+            tokenize_prompts(tokenizer, forward),
+            tokenize_prompts(tokenizer, backward) if with_swapped_ids else None,
+        )
+
 
 def build_prompts(
     rows: ArenaRows,
@@ -55,33 +116,17 @@ def build_prompts(
     with_swapped_ids: bool = True,
     progress: bool = True,
 ) -> PromptSet:
-    """Truncate, render and tokenize every row; swapped ids only when TTA may need them."""
-    prompt = JudgePrompt(tokenizer) if system_prompt is None else JudgePrompt(tokenizer, system_prompt)
-    texts: list[str] = []
-    swapped: list[str] = []
-    ids: list[list[int]] = []
-    swapped_ids: list[list[int]] = []
+    """Every row's prompts at once, under a progress bar."""
+    parts: list[PromptSet] = []
     with tqdm(
         total=len(rows), desc="preprocess", unit="row", disable=not progress, dynamic_ncols=True
     ) as bar:
-        for start in range(0, len(rows), CHUNK_ROWS):
-            stop = min(start + CHUNK_ROWS, len(rows))
-            chunk = truncate_rows(
-                tokenizer,
-                rows.prompts[start:stop],
-                rows.responses_a[start:stop],
-                rows.responses_b[start:stop],
-                config,
-            )
-            forward = [prompt.render(t.query, t.response_a, t.response_b) for t in chunk]
-            backward = [prompt.render(t.query, t.response_b, t.response_a) for t in chunk]
-            texts.extend(forward)
-            swapped.extend(backward)
-            ids.extend(tokenize_prompts(tokenizer, forward))
-            if with_swapped_ids:
-                swapped_ids.extend(tokenize_prompts(tokenizer, backward))
-            bar.update(stop - start)
-    return PromptSet(texts, swapped, ids, swapped_ids if with_swapped_ids else None)
+        for part in iter_prompt_chunks(
+            rows, tokenizer, config, system_prompt=system_prompt, with_swapped_ids=with_swapped_ids
+        ):
+            parts.append(part)
+            bar.update(len(part))
+    return PromptSet.concat(parts)
 
 
 def tokenize_prompts(tokenizer, texts: Sequence[str]) -> list[list[int]]:

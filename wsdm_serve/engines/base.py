@@ -8,7 +8,7 @@ else (prompting, TTA, outputs) lives in the pipeline, so a new engine is one sma
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -26,6 +26,18 @@ class ScoringEngine(ABC):
         self, sequences: Sequence[Sequence[int]], progress: ProgressCallback | None = None
     ) -> np.ndarray:
         """Return float32 logits of shape ``[len(sequences), 2]`` (letter A, letter B), in input order."""
+
+    def score_stream(
+        self, chunks: Iterable[Sequence[Sequence[int]]], progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        """Score sequences handed over chunk by chunk (the caller may still be building later ones);
+        the result is in the order of the chunks and the sequences in them.
+
+        An engine that can start on the first chunk overrides this. By default the chunks are
+        gathered and scored together, which the transformers engine needs: it sorts the whole
+        table by length to keep padding small.
+        """
+        return self.score([sequence for chunk in chunks for sequence in chunk], progress)
 
     def describe(self) -> str:
         """One line for the job summary; engines with a layout worth knowing say more."""

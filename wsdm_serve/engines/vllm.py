@@ -7,7 +7,11 @@ Scoring is one generated token per prompt: ``max_tokens=1``, greedy, ``allowed_t
 can be missing from the top-k; processed ones are taken after it, where only A and B are finite, so
 both letters always come back. At temperature 0 no temperature, penalty or top-k/top-p touches them,
 and the two values are the 2-way log-softmax of the raw A/B logits: logits up to a per-row constant,
-which the pipeline's 2-way softmax removes. (The pooling/classify route measured the same speed but
+which the pipeline's 2-way softmax removes.
+
+Prompts are queued with ``LLM.enqueue`` as they arrive and collected by stepping the engine, the
+loop ``LLM.generate`` runs inside: the engine core (its own process) starts on the first chunk while
+the caller tokenizes the next, and it never drains between chunks. (The pooling/classify route measured the same speed but
 needs a converted score head, which ignored GPTQ configs in some vLLM versions; see docs/vllm.md.)
 
 Nothing here imports vLLM or torch at module level: the CLI's ``--help`` stays instant and machines
@@ -22,13 +26,13 @@ import importlib.util
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import WsdmError
-from .base import ProgressCallback, ScoringEngine, length_sorted_batches
+from .base import ProgressCallback, ScoringEngine
 from .gpu_plan import (
     GpuPlan,
     checkpoint_bytes,
@@ -42,9 +46,6 @@ from .pool import EnginePool, WorkerSpec, one_line
 log = logging.getLogger(__name__)
 
 VLLM_MISSING = "vLLM is not installed: pip install 'wsdm[vllm]' (needs a CUDA GPU)"
-CHUNK_TOKENS = 262_144
-"""Tokens submitted per ``generate`` call: ~10 s of work on one H100, so the progress bar moves,
-while the engine still sees hundreds of prompts at once (tools/bench.py measures the cost)."""
 
 
 def vllm_installed() -> bool:
@@ -166,7 +167,6 @@ class VLLMScorer:
         enforce_eager: bool = True,
         trust_remote_code: bool = False,
         load_format: str = "auto",
-        chunk_tokens: int = CHUNK_TOKENS,
         max_num_batched_tokens: int | None = None,
         extra_args: dict | None = None,
     ) -> None:
@@ -178,7 +178,6 @@ class VLLMScorer:
             raise WsdmError(f"{VLLM_MISSING} ({one_line(exc)})") from exc
         self.letter_ids = letter_ids
         self.max_model_len = max_model_len
-        self.chunk_tokens = chunk_tokens
         self._prompt = TokensPrompt
         kwargs = engine_kwargs(
             model_dir,
@@ -205,27 +204,62 @@ class VLLMScorer:
     def prompts(self, sequences: Sequence[Sequence[int]]) -> list:
         return [self._prompt(prompt_token_ids=list(seq)) for seq in sequences]
 
+    def checked_lengths(self, sequences: Sequence[Sequence[int]], first_number: int) -> list[int]:
+        """Lengths of a chunk whose first prompt is number ``first_number`` (0-based) of the job."""
+        lengths = [len(seq) for seq in sequences]
+        for index, length in enumerate(lengths, start=first_number + 1):
+            if length == 0:
+                raise WsdmError(f"prompt {index}: cannot score an empty token sequence")
+            if length >= self.max_model_len:
+                raise WsdmError(
+                    f"prompt {index} has {length} tokens; the engine was started with max_model_len "
+                    f"{self.max_model_len} (--max-model-len must exceed the longest prompt)"
+                )
+        return lengths
+
     def score(
         self, sequences: Sequence[Sequence[int]], progress: ProgressCallback | None = None
     ) -> np.ndarray:
-        lengths = [len(seq) for seq in sequences]
-        for index, length in enumerate(lengths):
-            if length == 0:
-                raise WsdmError(f"prompt {index + 1}: cannot score an empty token sequence")
-            if length >= self.max_model_len:
-                raise WsdmError(
-                    f"prompt {index + 1} has {length} tokens; the engine was started with max_model_len "
-                    f"{self.max_model_len} (--max-model-len must exceed the longest prompt)"
-                )
-        result = np.zeros((len(sequences), 2), dtype=np.float32)
-        for chunk in length_sorted_batches(lengths, self.chunk_tokens):
-            outputs = self.llm.generate(
-                self.prompts([sequences[i] for i in chunk]), self.sampling, use_tqdm=False
-            )
-            result[chunk] = letter_logprobs(outputs, self.letter_ids, chunk)
-            if progress is not None:
-                progress(len(chunk), sum(lengths[i] for i in chunk))
+        return self.score_stream([sequences], progress)
+
+    def score_stream(
+        self, chunks: Iterable[Sequence[Sequence[int]]], progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        """Queue each chunk (shortest prompts first, the reference's order) as soon as it arrives,
+        then collect every result; on any error, including Ctrl-C, what is still queued is aborted
+        so the engine is clean for the next call."""
+        positions: list[int] = []  # input position of each queued prompt, in queueing order
+        queued: list[str] = []
+        try:
+            for chunk in chunks:
+                first = len(positions)
+                lengths = self.checked_lengths(chunk, first)
+                order = sorted(range(len(chunk)), key=lengths.__getitem__)
+                prompts = self.prompts([chunk[i] for i in order])
+                queued += self.llm.enqueue(prompts, self.sampling, use_tqdm=False)
+                positions += [first + i for i in order]
+            outputs = self._collect(progress)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.llm.llm_engine.abort_request(queued, internal=True)
+            raise
+        if len(outputs) != len(positions):
+            raise WsdmError(f"vLLM returned {len(outputs)} results for {len(positions)} prompts")
+        # Request ids count up in queueing order (LLM.generate sorts its outputs the same way).
+        outputs.sort(key=lambda output: int(output.request_id))
+        result = np.zeros((len(positions), 2), dtype=np.float32)
+        result[positions] = letter_logprobs(outputs, self.letter_ids, positions)
         return result
+
+    def _collect(self, progress: ProgressCallback | None) -> list:
+        engine = self.llm.llm_engine
+        outputs: list = []
+        while engine.has_unfinished_requests():
+            finished = [output for output in engine.step() if output.finished]
+            outputs += finished
+            if progress is not None and finished:
+                progress(len(finished), sum(len(output.prompt_token_ids) for output in finished))
+        return outputs
 
     def reset_prefix_cache(self) -> None:
         """For benchmarks: the next pass starts cold, like the first pass of a job."""
@@ -265,7 +299,6 @@ class VLLMEngine(ScoringEngine):
         enforce_eager: bool | None = None,
         trust_remote_code: bool = False,
         load_format: str = "auto",
-        chunk_tokens: int = CHUNK_TOKENS,
         max_num_batched_tokens: int | None = None,
         extra_args: dict | None = None,
     ) -> None:
@@ -300,7 +333,6 @@ class VLLMEngine(ScoringEngine):
             "enforce_eager": True if enforce_eager is None else enforce_eager,
             "trust_remote_code": trust_remote_code,
             "load_format": load_format,
-            "chunk_tokens": chunk_tokens,
             "max_num_batched_tokens": max_num_batched_tokens,
             "extra_args": extra_args,
         }
@@ -334,6 +366,13 @@ class VLLMEngine(ScoringEngine):
             return self.scorer.score(sequences, progress)
         assert self.pool is not None
         return self.pool.score(sequences, progress)
+
+    def score_stream(
+        self, chunks: Iterable[Sequence[Sequence[int]]], progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        if self.scorer is not None:
+            return self.scorer.score_stream(chunks, progress)
+        return super().score_stream(chunks, progress)  # worker processes get the whole table
 
     def close(self) -> None:
         if self.scorer is not None:
