@@ -52,7 +52,10 @@ class PromptSet:
 
     @classmethod
     def concat(cls, parts: Sequence[PromptSet]) -> PromptSet:
-        """One set from consecutive chunks, in order."""
+        """One set from consecutive chunks, in order (a single chunk is returned as it is, so a
+        table prompted in one piece is not copied again)."""
+        if len(parts) == 1:
+            return parts[0]
         swapped_ids = None
         if parts and all(part.swapped_token_ids is not None for part in parts):
             swapped_ids = [ids for part in parts for ids in part.swapped_token_ids]

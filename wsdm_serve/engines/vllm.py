@@ -11,8 +11,9 @@ which the pipeline's 2-way softmax removes.
 
 Prompts are queued with ``LLM.enqueue`` as they arrive and collected by stepping the engine, the
 loop ``LLM.generate`` runs inside: the engine core (its own process) starts on the first chunk while
-the caller tokenizes the next, and it never drains between chunks. (The pooling/classify route measured the same speed but
-needs a converted score head, which ignored GPTQ configs in some vLLM versions; see docs/vllm.md.)
+the caller tokenizes the next, and it never drains between chunks. (The pooling/classify route
+measured the same speed but needs a converted score head, which ignored GPTQ configs in some vLLM
+versions; see docs/vllm.md.)
 
 Nothing here imports vLLM or torch at module level: the CLI's ``--help`` stays instant and machines
 without vLLM get one line telling them how to install it.
