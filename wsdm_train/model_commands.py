@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from wsdm_serve.cli import user_errors
+from wsdm_serve.cli.options import user_errors
 
 from .options import config_options, load
 

@@ -1,0 +1,171 @@
+"""Options and error handling shared by every `wsdm-serve` command (and `wsdm-train`'s).
+
+A command module imports its option decorators from here, so adding a command never means
+editing another command's module.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_USAGE, WsdmError
+from ..textnorm import NORMALIZATIONS
+
+DEFAULT_MODEL = Path("model_save/final_model")
+DEFAULT_SUBMISSION = Path("sub/submission.csv")
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.ERROR if quiet else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("transformers", "huggingface_hub", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def user_errors(command):
+    """Print a :class:`WsdmError` as one line on stderr and exit with code 2, without traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except WsdmError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper
+
+
+def truncation_options(command):
+    """Budgets of the prompt; the defaults are the inference settings the released model expects."""
+    command = click.option(
+        "--response-word-cap",
+        type=click.IntRange(min=0),
+        default=4200,
+        show_default=True,
+        help="Keep at most this many space-separated words of each response before counting tokens.",
+    )(command)
+    command = click.option(
+        "--token-budget",
+        type=click.IntRange(min=1),
+        default=10000,
+        show_default=True,
+        help="Tokens allowed for query + both responses (the template around them is extra).",
+    )(command)
+    return command
+
+
+def model_options(command):
+    command = click.option(
+        "--trust-remote-code",
+        is_flag=True,
+        default=False,
+        help="Allow code shipped inside the model folder to run (off: the judge needs none).",
+    )(command)
+    command = click.option(
+        "--text-normalization",
+        type=click.Choice(NORMALIZATIONS),
+        default="reference",
+        show_default=True,
+        help="reference: list literals joined with newlines, other responses lose square brackets "
+        "(what the released model saw); none: text as it is.",
+    )(command)
+    return command
+
+
+def vllm_options(command):
+    """Options of the vllm engine; unset ones keep the engine's defaults (see docs/vllm.md)."""
+    command = click.option(
+        "--enforce-eager/--no-enforce-eager",
+        default=None,
+        help="vllm engine: run without CUDA graphs [default: eager; graphs gave no speed on scoring and start slower].",
+    )(command)
+    command = click.option(
+        "--gpu-memory-utilization",
+        type=click.FloatRange(min=0, max=1, min_open=True),
+        default=None,
+        help="vllm engine: fraction of each GPU's memory vLLM may take [default: 0.9].",
+    )(command)
+    command = click.option(
+        "--max-model-len",
+        type=click.IntRange(min=2),
+        default=None,
+        help="vllm engine: context length [default: longest prompt, forward or swapped, + 1].",
+    )(command)
+    command = click.option(
+        "--tensor-parallel",
+        type=click.IntRange(min=1),
+        default=None,
+        help="vllm engine: GPUs per engine [default: the fewest the model fits on]; "
+        "the other GPUs run more engines (data parallel).",
+    )(command)
+    command = click.option(
+        "--gpus",
+        default=None,
+        help="vllm engine: GPU numbers to use, e.g. 0,1 [default: all visible].",
+    )(command)
+    return command
+
+
+ENGINE_PARAMETERS = {
+    "engine": "name",
+    "device": "device",
+    "dtype": "dtype",
+    "batch_tokens": "batch_tokens",
+    "gpus": "gpus",
+    "tensor_parallel": "tensor_parallel",
+    "max_model_len": "max_model_len",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "enforce_eager": "enforce_eager",
+}
+
+
+def engine_options(command):
+    """Which engine scores prompts and its settings (predict, evaluate, check-model --smoke).
+
+    The command receives them as one ``engine_options`` argument, an ``EngineOptions``, so every
+    command that scores understands the same options the same way.
+    """
+
+    target = command
+
+    @functools.wraps(target)
+    def collect(*args, **kwargs):
+        from ..engines.select import EngineOptions
+
+        values = {field: kwargs.pop(parameter) for parameter, field in ENGINE_PARAMETERS.items()}
+        return target(*args, engine_options=EngineOptions(**values), **kwargs)
+
+    command = vllm_options(collect)
+    command = click.option(
+        "--batch-tokens",
+        type=click.IntRange(min=1),
+        default=None,
+        help="hf engine: padded tokens per batch [default: 32768 on GPU, 8192 on CPU].",
+    )(command)
+    command = click.option(
+        "--dtype",
+        type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+        default="auto",
+        show_default=True,
+        help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU.",
+    )(command)
+    command = click.option(
+        "--device", default="auto", show_default=True, help="hf engine: auto, cpu, cuda or cuda:N."
+    )(command)
+    command = click.option(
+        "--engine",
+        type=click.Choice(["auto", "hf", "vllm"]),
+        default="auto",
+        show_default=True,
+        help="auto: vllm when it imports and a CUDA GPU is visible, else hf (transformers).",
+    )(command)
+    return command
