@@ -17,9 +17,9 @@ from ..tta import TTA_MODES
 from .options import (
     DEFAULT_MODEL,
     DEFAULT_SUBMISSION,
-    setup_logging,
     engine_options,
     model_options,
+    setup_logging,
     truncation_options,
     user_errors,
 )
