@@ -5,6 +5,7 @@ DeepSpeed (ZeRO-2/3 from a JSON config whose ``auto`` values each run fills in).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class Backend:
     """What the loop needs from the engine: forward, backward, step, save and load of state."""
 
     module: torch.nn.Module
+    stops_at = "before the update"  # where a non-finite gradient norm is caught
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -61,12 +63,14 @@ class PlainBackend(Backend):
         with sync:
             (loss / self.plan.grad_accum).backward()
 
-    def step(self) -> float:
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+    def step(self, check_norm: Callable[[float | None], None]) -> float | None:
+        """Clip, let ``check_norm`` see the gradient norm (it raises to stop), then update."""
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm))
+        check_norm(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm
 
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
@@ -105,6 +109,8 @@ class PlainBackend(Backend):
 class DeepSpeedBackend(Backend):
     """A DeepSpeed engine built from a JSON config whose ``auto`` values this run fills in."""
 
+    stops_at = "after the engine's update, before anything was saved"
+
     def __init__(
         self, head, optimizer, scheduler, settings: StageSettings, plan: Plan, ctx: DistContext, config: dict
     ):
@@ -122,10 +128,14 @@ class DeepSpeedBackend(Backend):
         self.module.set_gradient_accumulation_boundary(boundary)
         self.module.backward(loss)
 
-    def step(self) -> float:
+    def step(self, check_norm: Callable[[float | None], None]) -> float | None:
+        """The engine clips and updates in one call, so its norm is checked after the update; a
+        non-finite one still stops the stage before anything is saved. ``None``: not reported."""
         self.module.step()
         norm = self.module.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        norm = float(norm) if norm is not None else None
+        check_norm(norm)
+        return norm
 
     def lr(self) -> float:
         return float(self.module.get_lr()[0])

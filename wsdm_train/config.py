@@ -90,6 +90,9 @@ class PrepareConfig:
     teacher_pretrain: Budget = field(default_factory=lambda: Budget(token_budget=1024, response_word_cap=700))
     # The teachers' ut data kept only prompts with fewer than this many space-separated pieces.
     teacher_pretrain_max_words: int | None = 1200
+    # Drop LMSYS/ut rows that are the same pair as a competition row (they would leak fold dev rows
+    # into training); the reference kept them (false).
+    drop_extra_overlap: bool = True
 
     def __post_init__(self) -> None:
         if self.n_folds < 2:
@@ -144,6 +147,9 @@ class ModelConfig:
     gradient_checkpointing: bool = True
     trust_remote_code: bool = False
     attn_implementation: str | None = None
+    # PyTorch's cuDNN attention backend in training; off because its backward pass returns NaN
+    # gradients for some right-padded batches on Hopper GPUs (see wsdm_train.guards).
+    sdpa_cudnn: bool = False
 
     @property
     def tokenizer_dir(self) -> str:

@@ -22,6 +22,7 @@ from wsdm_serve.errors import WsdmError
 from wsdm_serve.prompt import CHOICE_SUFFIX, STUDENT_SYSTEM_PROMPT, TEACHER_SYSTEM_PROMPT, user_message
 
 from .config import Config
+from .overlap import count_dropped
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -160,7 +161,9 @@ def summary_line(manifest: dict[str, Any], out_dir: Path, seconds: float) -> str
     outputs = manifest["outputs"]
     tokens = sum(item.get("tokens", 0) for item in outputs)
     models = len(manifest["models"])
+    overlap = count_dropped(manifest["skipped"]["rows"])
+    dropped = f" ({overlap} extra rows repeat a competition pair)" if overlap else ""
     return (
         f"prepare: {', '.join(parts)}; {models} model{'' if models == 1 else 's'}; {len(outputs)} files, "
-        f"{tokens:,} tokens; {manifest['skipped']['total']} rows skipped; {seconds:.1f} s -> {out_dir}"
+        f"{tokens:,} tokens; {manifest['skipped']['total']} rows skipped{dropped}; {seconds:.1f} s -> {out_dir}"
     )

@@ -40,6 +40,7 @@ from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_write
 
 from .config import Config, TeacherConfig
+from .inputs import pretrain_data_gap
 
 STAGES: tuple[str, ...] = (
     "prepare",
@@ -155,9 +156,15 @@ class Plan:
     trained_teachers: list[TeacherConfig]
     given: dict[str, list[Path]]  # teacher name -> its prediction file per fold
     pretrain_targets: list[str]
+    no_pretrain_data: str | None = None  # why there are no post-pretraining rows
 
     def needed(self, stage: str) -> str | None:
         """Why ``stage`` has nothing to do, or None when it does."""
+        if stage == "pretrain" and self.no_pretrain_data:
+            return (
+                f"no post-pretraining data ({self.no_pretrain_data}); finetune and distill start from "
+                "the base model"
+            )
         if stage == "pretrain" and not self.pretrain_targets:
             return "nothing starts from a post-pretrained adapter (init_from_pretrain is off)"
         if stage in ("finetune", "teacher-predict") and not self.trained_teachers:
@@ -202,13 +209,21 @@ def make_plan(config: Config, options: PipelineOptions) -> Plan:
     if options.redo_from and STAGES.index(options.redo_from) > last:
         raise WsdmError(f"--from {options.redo_from} comes after --until {options.until}")
     config, given = _given_predictions(config, options.teacher_predictions)
+    gap = pretrain_data_gap(config)
+    if gap and (config.distill.init_from_pretrain or config.finetune.init_from_pretrain):
+        # Nothing to post-pretrain on: the later stages start from the base model instead.
+        config = dataclasses.replace(
+            config,
+            finetune=dataclasses.replace(config.finetune, init_from_pretrain=False),
+            distill=dataclasses.replace(config.distill, init_from_pretrain=False),
+        )
     trained = [t for t in config.teachers if t.name not in given]
     targets = []
     if config.distill.init_from_pretrain:
         targets.append("student")
     if config.finetune.init_from_pretrain:
         targets += [t.name for t in trained]
-    return Plan(config, list(STAGES[: last + 1]), trained, given, targets)
+    return Plan(config, list(STAGES[: last + 1]), trained, given, targets, gap)
 
 
 def preflight(plan: Plan, options: PipelineOptions) -> None:

@@ -35,6 +35,7 @@ from wsdm_serve.outputs import atomic_write
 from wsdm_serve.prompt import STUDENT_SYSTEM_PROMPT, TEACHER_SYSTEM_PROMPT
 
 from .config import Budget, Config
+from .inputs import data_path
 from .manifest import (
     MANIFEST_NAME,
     build_manifest,
@@ -45,6 +46,7 @@ from .manifest import (
     summary_line,
     tokenizer_files,
 )
+from .overlap import drop_overlap
 from .sources import CompetitionRows, Skip, SourceRows, read_competition, read_lmsys, read_ut
 from .staging import Staging
 
@@ -89,11 +91,8 @@ def _echo(message: str) -> None:
 
 
 def resolve_inputs(config: Config) -> Inputs:
-    data_dir = Path(config.paths.data_dir)
-
     def resolve(name: str) -> Path:
-        path = Path(name)
-        return path if path.is_absolute() else data_dir / path
+        return data_path(config, name)
 
     prep = config.prepare
     train = resolve(prep.train_file)
@@ -191,6 +190,9 @@ def run_prepare(
     train = read_competition(inputs.train)
     lmsys = read_lmsys(inputs.lmsys) if inputs.lmsys else None
     ut = read_ut(inputs.ut) if inputs.ut else None
+    if config.prepare.drop_extra_overlap:
+        lmsys = drop_overlap(lmsys, train) if lmsys is not None else None
+        ut = drop_overlap(ut, train) if ut is not None else None
     if len(train) == 0:
         raise WsdmError(f"{inputs.train}: no usable rows (first reason: {train.skipped[0].reason})")
 

@@ -34,6 +34,8 @@ from wsdm_serve.prompt import letter_token_ids
 from wsdm_serve.tokenizer import load_tokenizer
 
 from .config import Config, ModelConfig, PretrainSettings, StageSettings, StudentConfig
+from .guards import check_logits, configure_attention
+from .inputs import pretrain_data_gap
 from .modeling import (
     LetterHead,
     LossParts,
@@ -343,6 +345,7 @@ def load_for_training(
     if pad_id is None:
         raise WsdmError(f"{model_dir}: tokenizer has neither a pad nor an eos token")
     seed_everything(seed)  # the LoRA initialisation is part of the run's reproducibility
+    configure_attention(ctx.device, spec.sdpa_cudnn)
     settings = spec.load_settings()
     base = load_base_model(model_dir, settings, ctx.device, training=trainable)
     if base.config.pad_token_id is None:
@@ -469,7 +472,15 @@ def pretrain(config: Config, targets: list[str], options: RunOptions) -> list[St
             if _finished(out_dir, options):
                 note(ctx, f"{out_dir}: already trained (final/ exists); skipping (use --force to retrain)")
                 continue
-            train, dev = pretrain_examples(layout.pretrain_data(role, spec.name), settings, settings.seed)
+            data = layout.pretrain_data(role, spec.name)
+            gap = None if data.exists() else pretrain_data_gap(config)
+            if gap:
+                raise WsdmError(
+                    f"no post-pretraining data ({gap}): nothing to pretrain; set prepare.ut_file to a ut "
+                    "table and run prepare, or train without it: --set finetune.init_from_pretrain=false "
+                    "--set distill.init_from_pretrain=false (wsdm-train all does this by itself)"
+                )
+            train, dev = pretrain_examples(data, settings, settings.seed)
             loaded = load_for_training(spec, config, ctx, None, settings.seed)
             loss = letter_lm_loss(loaded.letter_ids) if settings.loss == "letter_lm" else two_way_loss
             info = {"role": role, "model": spec.name}
@@ -564,6 +575,7 @@ def teacher_predict(config: Config, teachers: list[str], folds: str, options: Ru
                         desc=f"{name} fold{fold} {split}",
                         progress=options.progress,
                     )
+                    check_logits(logits, examples.keys, f"{out} ({split} rows of fold {fold})")
                     frames.append(
                         pd.DataFrame(
                             {

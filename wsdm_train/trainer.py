@@ -33,6 +33,7 @@ from .backends import Backend, DeepSpeedBackend, PlainBackend, deepspeed_config,
 from .batches import Examples, Plan, collate, dev_metrics, epoch_micro_batches, score
 from .config import StageSettings
 from .distributed import DistContext, capture_rng, init_distributed, restore_rng, seed_everything
+from .guards import NonFiniteError, check_logits, is_finite, name_rows
 from .modeling import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LetterHead, LossParts
 
 STATE_FILE = "trainer_state.json"
@@ -259,6 +260,12 @@ def run_stage(run: StageRun) -> StageResult:
             desc=f"{run.name} dev",
             progress=run.progress,
         )
+        check_logits(
+            logits,
+            run.dev.keys,
+            f"{run.name} dev set at step {state['step']}",
+            "no checkpoint is chosen from it",
+        )
         metrics = dev_metrics(logits, run.dev.labels)
         state["last_eval_step"] = state["step"]
         improved = metrics["acc"] >= state["best_acc"]  # ties go to the later checkpoint, as the reference
@@ -281,6 +288,32 @@ def run_stage(run: StageRun) -> StageResult:
         if bar is not None:
             bar.set_postfix_str(f"dev acc {metrics['acc']:.4f} best {state['best_acc']:.4f}", refresh=False)
 
+    step_rows: list[str] = []  # rows of the micro-batches accumulated into the coming step
+
+    def stop(problem: str, rows: list[str], width: int | None = None) -> None:
+        """Stop the stage at a non-finite number: one line, a metrics record, nothing saved."""
+        fold = run.extra_info.get("fold")
+        where = f"optimizer step {state['step'] + 1} (epoch {state['epoch'] + 1}"
+        where += f", fold {fold})" if fold is not None else ")"
+        batch = f"{len(rows)} rows" + (f" padded to {width} tokens" if width else "")
+        kept = find_last(out_dir)
+        if kept is not None:
+            saved_step = json.loads((kept / STATE_FILE).read_text())["state"]["step"]
+            kept_text = f"the last good checkpoint is {kept} (step {saved_step})"
+        else:
+            kept_text = "no checkpoint was saved yet"
+        log.write("nonfinite", stage=run.name, step=state["step"] + 1, problem=problem, rows=rows)
+        if bar is not None:
+            bar.close()
+        raise NonFiniteError(
+            f"{run.name}: {problem} at {where} on {batch}: {name_rows(rows)}; "
+            f"stopped {backend.stops_at}, {kept_text}"
+        )
+
+    def check_norm(norm: float | None) -> None:
+        if ctx.max_int(0 if is_finite(norm) else 1):
+            stop(f"the gradient norm is {norm}", step_rows)
+
     bar = None
     if ctx.is_main and run.progress:
         bar = tqdm(
@@ -301,9 +334,14 @@ def run_stage(run: StageRun) -> StageResult:
         for micro in range(state["micro"], len(batches)):
             boundary = (micro + 1) % plan.grad_accum == 0 or micro == len(batches) - 1
             batch = collate(run.train, batches[micro], run.pad_id, ctx.device)
+            rows = [run.train.keys[i] for i in batches[micro]]
             parts = run.loss_fn(backend, batch)
+            loss_value = float(parts.total.detach())
+            if ctx.max_int(0 if is_finite(loss_value) else 1):
+                stop(f"the loss is {loss_value}", rows, int(batch["input_ids"].shape[1]))
             backend.backward(parts.total, boundary)
-            window["loss"] += float(parts.total.detach())
+            step_rows.extend(rows)
+            window["loss"] += loss_value
             window["ce"] += float(parts.ce)
             if parts.kl is not None:
                 window["kl"] += float(parts.kl)
@@ -312,7 +350,8 @@ def run_stage(run: StageRun) -> StageResult:
             window["tokens"] += batch["n_tokens"]
             if not boundary:
                 continue
-            grad_norm = backend.step()
+            grad_norm = backend.step(check_norm)
+            step_rows = []
             state["step"] += 1
             state["micro"] = micro + 1
             if state["micro"] >= len(batches):
@@ -331,6 +370,8 @@ def run_stage(run: StageRun) -> StageResult:
                     "grad_norm": grad_norm,
                     "tokens_per_s": window["tokens"] * ctx.world_size / elapsed,
                 }
+                if ctx.device.startswith("cuda"):
+                    record["peak_memory_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
                 if window["kl"]:
                     record.update(kl=window["kl"] / n, cos=window["cos"] / n)
                 log.write("train", stage=run.name, step=step, epoch=epoch, **record)

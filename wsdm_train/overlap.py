@@ -1,0 +1,56 @@
+"""Extra training rows that repeat a competition pair, found and dropped before folds are used.
+
+The LMSYS and ut tables are added to every fold's training set. A row of theirs that is the same
+pair as a competition row (same prompt, same two responses, in either order) therefore puts that
+row's answer into the training data of the fold whose dev set holds it: dev accuracy and the best
+checkpoint are then measured on training data. The reference kept such rows; prepare drops them
+by default and counts them (``prepare.drop_extra_overlap: false`` keeps them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .sources import CompetitionRows, Skip, SourceRows
+
+OVERLAP_REASON = "same pair as a competition row"
+
+
+def _canonical(text: str) -> str:
+    """Text compared without square brackets and with whitespace collapsed: the competition table's
+    normalisation drops every bracket, the LMSYS list parsing keeps those inside a turn, and the two
+    copies of one pair must still compare equal."""
+    return " ".join(text.replace("[", "").replace("]", "").split())
+
+
+def pair_key(prompt: str, response_a: str, response_b: str) -> tuple[str, str, str]:
+    """The pair as an order-free key: a swapped copy is the same pair."""
+    first, second = sorted((_canonical(response_a), _canonical(response_b)))
+    return _canonical(prompt), first, second
+
+
+def drop_overlap(extra: SourceRows, train: CompetitionRows) -> SourceRows:
+    """``extra`` without the rows whose pair is a competition row's; each dropped row is a Skip."""
+    seen = {
+        pair_key(p, a, b) for p, a, b in zip(train.prompts, train.responses_a, train.responses_b, strict=True)
+    }
+    keep = [
+        i
+        for i, (p, a, b) in enumerate(zip(extra.prompts, extra.responses_a, extra.responses_b, strict=True))
+        if pair_key(p, a, b) not in seen
+    ]
+    if len(keep) == len(extra):
+        return extra
+    kept = set(keep)
+    dropped = [
+        Skip(extra.source, extra.rows[i], extra.ids[i], OVERLAP_REASON)
+        for i in range(len(extra))
+        if i not in kept
+    ]
+    columns = ("keys", "ids", "rows", "labels", "prompts", "responses_a", "responses_b")
+    values = {name: [getattr(extra, name)[i] for i in keep] for name in columns}
+    return dataclasses.replace(extra, **values, skipped=[*extra.skipped, *dropped])
+
+
+def count_dropped(skipped: list[dict]) -> int:
+    return sum(1 for s in skipped if s["reason"] == OVERLAP_REASON)
