@@ -15,6 +15,9 @@ TOKENIZER_DIR = ASSETS / "qwen2.5-tokenizer"
 ARENA_SAMPLE = ASSETS / "arena_hard_sample.parquet"
 PANDALM_TRAIN = ASSETS / "pandalm_train.parquet"
 PANDALM_LMSYS = ASSETS / "pandalm_lmsys_format.csv"
+# The tiny training preset's tables: the same pairs split by prompt, so they share no pair.
+TINY_TRAIN = ASSETS / "pandalm_tiny_train.parquet"
+TINY_LMSYS = ASSETS / "pandalm_tiny_lmsys.csv"
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ def test_reference_values():
 def test_tiny_preset_uses_the_shipped_assets():
     config = load_config("tiny")
     assert config.paths.data_dir == "tests/assets"
-    assert config.prepare.ut_file == "pandalm_ut_format.csv"
+    assert config.prepare.ut_file == "pandalm_tiny_ut.csv"
     assert config.student.tokenizer_dir == "tests/assets/qwen2.5-tokenizer"
     sizes = {t.name: t.build_tiny.hidden_size for t in config.teachers}
     assert len(sizes) == 2 and len(set(sizes.values())) == 2, "two teachers of different sizes"

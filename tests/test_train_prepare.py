@@ -44,7 +44,17 @@ PIECES = re.compile(
 
 
 def overrides(out_dir, data_dir) -> list[str]:
-    items = [f"paths.processed_dir={out_dir}", f"paths.data_dir={data_dir}", "prepare.n_folds=5"]
+    # The full PandaLM tables, whose LMSYS copy repeats every competition pair: kept here (as the
+    # reference kept them) so the LMSYS and ut encodings are exercised on every row.
+    items = [
+        f"paths.processed_dir={out_dir}",
+        f"paths.data_dir={data_dir}",
+        "prepare.n_folds=5",
+        f"prepare.train_file={PANDALM_TRAIN.name}",
+        f"prepare.lmsys_file={PANDALM_LMSYS.name}",
+        f"prepare.ut_file={PANDALM_UT.name}",
+        "prepare.drop_extra_overlap=false",
+    ]
     for name, (budget, cap) in BUDGETS.items():
         items += [f"prepare.{name}.token_budget={budget}", f"prepare.{name}.response_word_cap={cap}"]
     items.append(f"prepare.teacher_pretrain_max_words={TEACHER_MAX_WORDS}")
