@@ -20,6 +20,7 @@ This module imports neither torch nor the training libraries: loading a configur
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -809,6 +810,10 @@ def build(tp: Any, value: Any, where: str) -> Any:
             raise WsdmError(f"{where}: expected an integer, got {_describe(value)}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e4 and 2e-4 (no dot) as strings; they are plain numbers to a user.
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise WsdmError(f"{where}: expected a number, got {_describe(value)}")
         return float(value)

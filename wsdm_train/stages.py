@@ -345,7 +345,7 @@ def load_for_training(
     if pad_id is None:
         raise WsdmError(f"{model_dir}: tokenizer has neither a pad nor an eos token")
     seed_everything(seed)  # the LoRA initialisation is part of the run's reproducibility
-    configure_attention(ctx.device, spec.sdpa_cudnn)
+    configure_attention(spec.sdpa_cudnn)
     settings = spec.load_settings()
     base = load_base_model(model_dir, settings, ctx.device, training=trainable)
     if base.config.pad_token_id is None:
