@@ -33,7 +33,7 @@ from typing import Any, Literal, Union
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.truncation import TruncationConfig
 
-PRESETS: tuple[str, ...] = ("reference", "tiny")
+PRESETS: tuple[str, ...] = ("reference", "tiny", "small")
 
 
 # --------------------------------------------------------------------------- paths and data
