@@ -7,6 +7,8 @@ choices about how a stage runs, not part of the recipe, so they are options and 
 
 from __future__ import annotations
 
+import os
+
 import click
 
 CONFIG_HELP = "Preset name (reference, tiny) or a YAML file (which may start with `base: reference`)."
@@ -63,7 +65,22 @@ def quiet_requested(flag: bool) -> bool:
     """``--quiet`` on the command or ``-q`` on the group."""
     ctx = click.get_current_context(silent=True)
     root = ctx.find_root() if ctx is not None else None
-    return flag or bool(root is not None and isinstance(root.obj, dict) and root.obj.get("quiet"))
+    quiet = flag or bool(root is not None and isinstance(root.obj, dict) and root.obj.get("quiet"))
+    if quiet:
+        hide_library_progress_bars()
+    return quiet
+
+
+def hide_library_progress_bars() -> None:
+    """Quiet means quiet: transformers' and huggingface_hub's own bars (loading and writing weight
+    shards) too. The variable covers libraries imported later; an imported transformers is told."""
+    import sys
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def load(config_name: str, overrides: tuple[str, ...] | list[str]):
