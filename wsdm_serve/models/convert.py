@@ -25,7 +25,13 @@ from ..engines.gpu_plan import read_model_config, text_config
 from ..errors import WsdmError
 from ..outputs import atomic_directory
 from .checkpoint import ShardedTensors, SourceFormat, read_source_format
-from .dequantize import conversion_units, dequantize_module, module_shape, quantized_modules
+from .dequantize import (
+    check_gptq_zero_points,
+    conversion_units,
+    dequantize_module,
+    module_shape,
+    quantized_modules,
+)
 from .fp8 import DEFAULT_RECIPE, Fp8Recipe, is_block_linear, matches, quantization_config, quantize_weight
 from .output import CONVERT_INFO, ShardWriter, copy_side_files, expected_tensors, verify_converted
 
@@ -201,6 +207,7 @@ def convert_checkpoint(
         raise WsdmError(f"{source / 'config.json'}: num_hidden_layers must be a positive integer")
     tensors = ShardedTensors.open(source)
     modules = quantized_modules(tensors.names(), fmt, tensors.dtype)
+    check_gptq_zero_points(tensors, fmt, modules)
     ignore = recipe.ignore(layers) if to == "fp8" else []
     need = _output_bytes(tensors, fmt, modules, to, ignore)
     parent = out.resolve().parent

@@ -134,6 +134,22 @@ def fp8_weight(parts: dict, where: str):
     return weight * scale.reshape(-1, 1)
 
 
+def check_gptq_zero_points(tensors, source: SourceFormat, modules: dict) -> None:
+    """A symmetric v1 file stores 2^(bits-1) - 1; one storing 2^(bits-1) holds v2 zero points under
+    a v1 label (a known GPTQModel export defect), which would shift every weight by one step."""
+    from ..quantization import gptq_v1_zero
+
+    if source.kind != "gptq" or not source.gptq_v1 or not source.symmetric or not modules:
+        return
+    first = sorted(modules)[0]
+    values = unpack_int32(tensors.get(f"{first}.qzeros"), source.bits, 1).unique().tolist()
+    if values == [gptq_v1_zero(source.bits) + 1]:
+        raise WsdmError(
+            f"{tensors.model_dir}: {first}.qzeros holds v2 zero points ({values[0]}) under a 'gptq' (v1) label; "
+            "if the file is v2, set quantization_config.checkpoint_format to gptq_v2 in config.json"
+        )
+
+
 def quantized_modules(names: list[str], source: SourceFormat, dtype_of) -> dict[str, tuple[str, ...]]:
     """Module name -> the stored parts of each quantized layer (``dtype_of(name)`` gives header dtypes)."""
     if source.kind == "gptq":

@@ -177,8 +177,10 @@ def quantization_config(recipe: Fp8Recipe, num_layers: int) -> dict:
     import compressed_tensors
     from compressed_tensors.quantization import QuantizationConfig
 
+    scheme = fp8_scheme(recipe)
+    scheme.format = "float-quantized"  # as llm-compressor writes it, per group and globally
     config = QuantizationConfig(
-        config_groups={"group_0": fp8_scheme(recipe)},
+        config_groups={"group_0": scheme},
         quant_method="compressed-tensors",
         format="float-quantized",
         quantization_status="compressed",
