@@ -269,3 +269,75 @@ def test_vllm_runs_the_fp8_checkpoint_and_online_fp8_alike(tmp_path):
     bf16, online, checkpoint = probs(model, "checkpoint"), probs(model, "fp8"), probs(fp8, "checkpoint")
     assert np.abs(online - checkpoint).max() < 0.01
     assert np.abs(checkpoint - bf16).max() < 0.05
+
+
+# ----------------------------------------------------------------------------- the GPU tools
+def load_tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_agreement_numbers():
+    import numpy as np
+
+    agreement = load_tool("fp8_agreement")
+    p_ref = np.array([0.9, 0.52, 0.49, 0.1, 0.7])
+    p = np.array([0.88, 0.47, 0.49, 0.2, 0.71])
+    labels = np.array([0, 1, 1, 1, 0])  # 0: A won
+    result = agreement.compare(p_ref, p, labels, near_tie=0.05)
+    assert result["decision_agreement"] == 0.8 and result["flips"] == 1
+    assert result["max_abs_dp"] == pytest.approx(0.1) and result["mean_abs_dp"] == pytest.approx(0.036)
+    assert (result["near_tie_rows"], result["near_tie_agreement"], result["other_rows_agreement"]) == (
+        2,
+        0.5,
+        1.0,
+    )
+    assert result["accuracy"] == 1.0 and result["accuracy_delta"] == pytest.approx(0.2)
+    assert not result["meets_target"]
+
+
+def test_agreement_tool_runs_its_recipes_on_a_cpu(tiny_model_dir, tmp_path):
+    """The tool's machinery with the transformers engine: rows prompted once, the bf16 reference, a
+    converted FP8 recipe, the recipes that need vLLM or --gptq reported as skipped, JSON written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "agreement.json"
+    script = Path(__file__).parents[1] / "tools" / "fp8_agreement.py"
+    recipes = "bf16,online:fp8,ckpt:per-channel+down-proj,gptq8"
+    command = [sys.executable, str(script), "--model", str(tiny_model_dir), "--data", str(PANDALM_TRAIN)]
+    command += ["--rows", "6", "--engine", "hf", "--recipes", recipes, "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["rows"] == 6 and list(report["recipes"]) == recipes.split(",")
+    assert report["recipes"]["bf16"]["decision_agreement"] == 1.0
+    assert report["recipes"]["online:fp8"] == {"skipped": "needs the vllm engine"}
+    assert report["recipes"]["gptq8"] == {"skipped": "needs --gptq"}
+    fp8 = report["recipes"]["ckpt:per-channel+down-proj"]
+    # The fixture model is deliberately chaotic (weights of std 0.5): FP8 moves it, which is the point.
+    assert 0 < fp8["mean_abs_dp"] <= fp8["p99_abs_dp"] <= fp8["max_abs_dp"] <= 1
+
+
+def test_bench_writes_the_fp8_checkpoint_config_and_parses_sweeps(tmp_path):
+    bench = load_tool("bench")
+    folder = bench.write_model_dir(
+        tmp_path / "fp8ckpt", bench.TINY, bench.quantization_config(Fp8Recipe(), 2)
+    )
+    config = json.loads((folder / "config.json").read_text())
+    assert checkpoint_kind(config) == "fp8"
+    assert bench.parse_measure(
+        "vllm-fp8ckpt@max_num_batched_tokens=32768+kv_cache_dtype=fp8/predict", "raw"
+    ) == (
+        "vllm-fp8ckpt",
+        {"max_num_batched_tokens": 32768, "kv_cache_dtype": "fp8"},
+        ["predict"],
+    )
+    for spec in bench.FP8_COMPARISON:
+        bench.parse_measure(spec, "raw,score,predict")
+    with pytest.raises(SystemExit, match="choose from"):
+        bench.parse_measure("vllm-int4", "raw")
