@@ -183,6 +183,20 @@ def test_cli_fp8_refusals_are_one_line_with_exit_2(tiny_model_dir, gptq_labelled
     assert evaluate.returncode == 2 and "--to fp8" in evaluate.stderr
 
 
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("vllm") is not None,
+    reason="checks the message where vLLM is missing",
+)
+def test_fp8_with_the_automatic_engine_and_no_vllm_stops_before_scoring(tiny_model_dir, tmp_path):
+    result = run_cli("wsdm-serve", "predict", ARENA_SAMPLE, "--model", tiny_model_dir, "--precision", "fp8")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: --precision fp8 runs on the vllm engine only (FP8 tensor cores of Ada/Hopper GPUs) (no usable "
+        "vLLM and CUDA GPU here); the hf engine runs the checkpoint's own precision: drop --precision fp8 or "
+        "use --engine vllm"
+    )
+
+
 def test_hf_engine_on_a_gptq_checkpoint_names_convert(gptq_labelled):
     from wsdm_serve.engines.hf import HFEngine
 

@@ -100,6 +100,8 @@ def check_options(options: EngineOptions, model_dir: Path | None = None) -> None
         from .gpu_plan import read_model_config
 
         check_model_precision(model_dir, read_model_config(model_dir), options.precision)
+    if options.precision == "fp8" and options.name == "auto" and not vllm_usable():
+        raise fp8_hf_error("no usable vLLM and CUDA GPU here")
     if options.name == "hf" and options.vllm_only():
         raise WsdmError(
             f"{', '.join(options.vllm_only())}: only the vllm engine takes this; drop it or use --engine vllm"

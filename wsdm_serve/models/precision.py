@@ -42,9 +42,10 @@ def checkpoint_kind(config: dict) -> str:
     return "integer"
 
 
-def fp8_hf_error() -> WsdmError:
+def fp8_hf_error(why: str | None = None) -> WsdmError:
+    where = f" ({why})" if why else ""
     return WsdmError(
-        "--precision fp8 runs on the vllm engine only (FP8 tensor cores of Ada/Hopper GPUs); "
+        f"--precision fp8 runs on the vllm engine only (FP8 tensor cores of Ada/Hopper GPUs){where}; "
         "the hf engine runs the checkpoint's own precision: drop --precision fp8 or use --engine vllm"
     )
 
