@@ -257,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data", required=True, help="labelled table: id, prompt, response_a, response_b, winner"
     )
-    parser.add_argument("--gptq", default=None, help="a GPTQ 8-bit checkpoint of the same judge (optional)")
+    parser.add_argument(
+        "--gptq",
+        default=None,
+        help="an 8-bit GPTQ or compressed-tensors checkpoint of the same judge (optional)",
+    )
     parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated, bf16 first")
     parser.add_argument("--rows", type=int, default=None, help="only the first N rows of --data")
     parser.add_argument(
