@@ -452,3 +452,13 @@ def test_fp8_options_need_to_fp8_and_already_fp8_is_refused(base_dir, tmp_path):
     convert_checkpoint(base_dir, tmp_path / "fp8", to="fp8", progress=False)
     with pytest.raises(WsdmError, match="already an FP8 checkpoint"):
         convert_checkpoint(tmp_path / "fp8", tmp_path / "again", to="fp8", progress=False)
+
+
+def test_fp16_overflow_is_refused(base_dir, tmp_path):
+    source = Path(shutil.copytree(base_dir, tmp_path / "src"))
+    tensors = load_file(str(source / "model.safetensors"))
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 1e6  # fine in bf16, inf in fp16
+    save_file(tensors, str(source / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(WsdmError, match=r"model.norm.weight: holds values beyond float16's range"):
+        convert_checkpoint(source, tmp_path / "out", to="fp16", progress=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []

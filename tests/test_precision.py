@@ -8,13 +8,15 @@ and an FP8-capable GPU is visible.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ARENA_SAMPLE, PANDALM_TRAIN, TOKENIZER_DIR, run_cli
+from tests.conftest import ARENA_SAMPLE, PANDALM_TRAIN, TOKENIZER_DIR, console_script, run_cli
 from tests.test_gpu_plan import A100_40X3, GPTQ8, H100, L4X4, QWEN25_14B, QWEN25_14B_GPTQ8, T4X2
 from wsdm_serve.engines.gpu_plan import GIB, estimate_weight_bytes, plan_gpus
 from wsdm_serve.engines.select import EngineOptions, check_options
@@ -231,7 +233,12 @@ def test_quiet_hides_the_libraries_loading_bars(tiny_model_dir, tmp_path):
         assert (
             quiet.stderr.strip().splitlines() == [quiet.stderr.strip()] and "predict: 2 rows" in quiet.stderr
         )
-        loud = run_cli("wsdm-serve", *args)
+        # A `-q` run inside this test process (CliRunner) leaves its variables set: clear them.
+        clean = {
+            k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
+        }
+        command = [console_script("wsdm-serve"), *map(str, args)]
+        loud = subprocess.run(command, capture_output=True, text=True, env=clean, timeout=600)
         assert "Loading weights" in loud.stderr
     assert "Decompressing model" in loud.stderr
 
@@ -317,7 +324,6 @@ def test_agreement_numbers():
 def test_agreement_tool_runs_its_recipes_on_a_cpu(tiny_model_dir, tmp_path):
     """The tool's machinery with the transformers engine: rows prompted once, the bf16 reference, a
     converted FP8 recipe, the recipes that need vLLM or --gptq reported as skipped, JSON written."""
-    import subprocess
     import sys
 
     out = tmp_path / "agreement.json"

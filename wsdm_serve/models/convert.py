@@ -144,7 +144,7 @@ def write_converted(
             writer.add(f"{module}.weight_scale", scale)
             fp8_layers += 1
         else:
-            writer.add(name, weight.to(dense))
+            writer.add(name, _cast(name, weight, dense))
 
     units = conversion_units(tensors, modules)
     for kind, name in tqdm(units, desc="convert", unit="tensor", disable=not progress, dynamic_ncols=True):
@@ -163,9 +163,19 @@ def write_converted(
         elif to == "fp8" and is_block_linear(name, tuple(tensor.shape)):
             emit_weight(name[: -len(".weight")], tensor)
         else:
-            writer.add(name, tensor if tensor.dtype == dense else tensor.to(dense))
+            writer.add(name, tensor if tensor.dtype == dense else _cast(name, tensor, dense))
     writer.finish()
     return dequantized, fp8_layers, writer.total_bytes
+
+
+def _cast(name: str, tensor, dtype):
+    """``tensor`` in ``dtype``; a value beyond fp16's range (65504) would silently become inf."""
+    import torch
+
+    cast = tensor.to(dtype)
+    if dtype == torch.float16 and not torch.isfinite(cast).all() and torch.isfinite(tensor).all():
+        raise WsdmError(f"{name}: holds values beyond float16's range (65504); convert --to bf16 instead")
+    return cast
 
 
 def converted_config(config: dict, to: str, recipe: Fp8Recipe, num_layers: int) -> dict:
