@@ -20,12 +20,23 @@ Measurements (each in its own process, so GPU memory is returned between them):
                 (prefix cache reset before every pass; engine start-up reported separately)
   vllm-gptq8    the same with a GPTQ 8-bit g128 checkpoint config (vLLM picks its kernel)
   hf            the transformers engine, the same predict with the same rows
+  vllm-fp8      the bf16 config run with --precision fp8 (vLLM quantizes it at load, default recipe)
+  vllm-fp8ckpt  the quantization_config `wsdm-serve convert --to fp8` writes (FP8 kernels, dummy weights)
+
+A measurement may carry vllm.LLM arguments of its own and the methods it times, so one run sweeps
+settings: ``vllm-fp8ckpt@max_num_batched_tokens=32768+kv_cache_dtype="fp8"/predict``.
+``--fp8-comparison`` runs bf16, GPTQ-8, FP8 online (default recipe and vLLM's per-tensor ``fp8``)
+and the FP8 checkpoint (raw and predict; then a bigger scheduler step, CUDA graphs, FP8 KV cache),
+one pass each, on one GPU:
+
+    PYTHONPATH=$PWD python tools/bench.py --fp8-comparison --json bench-fp8.json
 
     PYTHONPATH=$PWD python tools/bench.py --json bench.json        # ~7 min on one H100
     PYTHONPATH=$PWD python tools/bench.py --quick                   # 2-layer model, smoke test
 
 Targets (one H100, 14B shape): predict >= 0.95x raw vLLM (bf16 and GPTQ-8), vLLM predict >= 1.5x
-the transformers engine, >= 24,000 tokens/s. The printed table says which were met.
+the transformers engine, >= 24,000 tokens/s; FP8 (one H200): predict >= 40,000 tokens/s and >= 0.97x
+raw vLLM on the FP8 checkpoint. The printed table says which were met.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from wsdm_serve.models.fp8 import DEFAULT_RECIPE, quantization_config  # noqa: E402
 from wsdm_serve.tiny import QWEN25_14B_SHAPE  # noqa: E402
 
 ASSETS = REPO / "tests" / "assets"
@@ -96,8 +108,24 @@ GPTQ8 = {
         ["mlp.down_proj"],
     ],
 }
-MEASUREMENTS = ("matmul", "vllm-bf16", "vllm-gptq8", "hf")
+MEASUREMENTS = ("matmul", "vllm-bf16", "vllm-gptq8", "hf", "vllm-fp8", "vllm-fp8ckpt")
+DEFAULT_MEASURES = ("matmul", "vllm-bf16", "vllm-gptq8", "hf")
 TARGETS = {"predict_vs_raw": 0.95, "vllm_vs_hf": 1.5, "tokens_per_s": 24_000}
+FP8_TARGETS = {"tokens_per_s": 40_000, "predict_vs_raw": 0.97}
+# One run on one H200 (~8-9 minutes): bf16 and GPTQ-8 beside FP8 online (the default recipe, and
+# vLLM's per-tensor "fp8"), the FP8 checkpoint with raw vLLM, and the checkpoint with a bigger
+# scheduler step, CUDA graphs and an FP8 KV cache. NAME/METHODS times only those methods;
+# NAME@KEY=JSON+KEY=JSON adds vllm.LLM arguments to that measurement only.
+FP8_COMPARISON = (
+    "vllm-bf16/predict",
+    "vllm-gptq8/predict",
+    "vllm-fp8/predict",
+    "vllm-fp8@quantization=fp8/predict",
+    "vllm-fp8ckpt/raw+predict",
+    "vllm-fp8ckpt@max_num_batched_tokens=32768/predict",
+    "vllm-fp8ckpt@enforce_eager=false/predict",
+    "vllm-fp8ckpt@kv_cache_dtype=fp8/predict",
+)
 
 
 # ------------------------------------------------------------------------------- workload
@@ -280,6 +308,20 @@ def scheduler_facts(llm) -> dict:
     return facts
 
 
+def parse_measure(spec: str, default_methods: str) -> tuple[str, dict, list[str]]:
+    """``NAME[@KEY=JSON+KEY=JSON][/METHODS]`` -> (NAME, extra vllm.LLM arguments, methods)."""
+    spec, _, methods = spec.partition("/")
+    base, _, overrides = spec.partition("@")
+    extra = dict(vllm_arg(item) for item in overrides.split("+") if item) if overrides else {}
+    if base not in MEASUREMENTS:
+        raise SystemExit(f"--measure {spec}: choose from {', '.join(MEASUREMENTS)}")
+    chosen = [m.strip() for m in (methods.split("+") if methods else default_methods.split(",")) if m.strip()]
+    unknown = set(chosen) - {"raw", "score", "predict"}
+    if unknown:
+        raise SystemExit(f"--measure {spec}: unknown method(s) {', '.join(sorted(unknown))}")
+    return base, extra, chosen
+
+
 def worker_vllm(args, config, name: str) -> None:
     import numpy as np
     import vllm
@@ -291,7 +333,10 @@ def worker_vllm(args, config, name: str) -> None:
     from wsdm_serve.tta import softmax2
 
     workdir = Path(args.workdir)
-    model_dir = workdir / name
+    base, overrides, chosen_methods = parse_measure(name, args.methods)
+    name = name.partition("/")[0]  # results are named by measurement and variant, not methods
+    model_dir = workdir / base
+    vllm_args = {**dict(args.vllm_arg), **overrides}
     rows, token_ids = load_workload(workdir)
     tokenizer = load_tokenizer(model_dir)
     letters = letter_token_ids(tokenizer)
@@ -305,7 +350,9 @@ def worker_vllm(args, config, name: str) -> None:
         gpu_memory_utilization=args.gpu_memory_utilization,
         load_format="dummy",
         max_num_batched_tokens=args.max_num_batched_tokens,
-        extra_args=dict(args.vllm_arg),
+        extra_args=vllm_args,
+        # vllm-fp8: the bf16 config quantized by vLLM at load with the default recipe (--precision fp8)
+        precision="fp8" if base == "vllm-fp8" else "checkpoint",
     )
     startup = time.perf_counter() - started
     if engine.scorer is None:
@@ -316,7 +363,9 @@ def worker_vllm(args, config, name: str) -> None:
         "startup_s": round(startup, 1),
         "plan": engine.plan.describe(),
         **scheduler_facts(scorer.llm),
-        **({"vllm_args": dict(args.vllm_arg)} if args.vllm_arg else {}),
+        **({"vllm_args": vllm_args} if vllm_args else {}),
+        **({"precision": "fp8", "fp8_recipe": DEFAULT_RECIPE.describe()} if base == "vllm-fp8" else {}),
+        **({"fp8_recipe": DEFAULT_RECIPE.describe()} if base == "vllm-fp8ckpt" else {}),
     }
     print(f"[{name}] engine up in {startup:.1f} s: {info['plan']}", flush=True)
     config_for_predict = predict_config(model_dir)
@@ -352,9 +401,7 @@ def worker_vllm(args, config, name: str) -> None:
     engine.score([token_ids[i] for i in warm])
     times = {"raw": [], "score": [], "predict": [], "preprocess": []}
     outputs = {}
-    methods = [
-        m for m in (("raw", raw), ("score", score), ("predict", predict)) if m[0] in args.methods.split(",")
-    ]
+    methods = [m for m in (("raw", raw), ("score", score), ("predict", predict)) if m[0] in chosen_methods]
     for _ in range(args.reps):
         for method, fn in methods:
             scorer.reset_prefix_cache()
@@ -474,18 +521,19 @@ def report(results: list[dict], workload: dict) -> dict:
     if ceiling:
         device = next(r.get("device") for r in results if r["measure"] == "matmul")
         print(f"ceiling: 8192^3 bf16 matmul {ceiling} TFLOP/s on {device}")
-    header = f"{'measure':12s} {'method':10s} {'tokens/s':>10s} {'rows/s':>7s} {'TFLOP/s':>8s} {'of ceiling':>10s} {'start s':>8s}"
+    width = max([12] + [len(r["measure"]) for r in results])
+    header = f"{'measure':{width}s} {'method':10s} {'tokens/s':>10s} {'rows/s':>7s} {'TFLOP/s':>8s} {'of ceiling':>10s} {'start s':>8s}"
     print(header)
     print("-" * len(header))
     for r in results:
         if r["measure"] == "matmul" or "tokens_per_s" not in r:
             if r.get("method") == "failed":
-                print(f"{r['measure']:12s} failed (exit {r['exit_code']})")
+                print(f"{r['measure']:{width}s} failed (exit {r['exit_code']})")
             continue
         share = f"{100 * r['tflops'] / ceiling:9.1f}%" if ceiling and r["method"] != "preprocess" else ""
         tflops = f"{r['tflops']:8.1f}" if r["method"] != "preprocess" else ""
         print(
-            f"{r['measure']:12s} {r['method']:10s} {r['tokens_per_s']:10,.0f} {r['rows_per_s']:7.2f} {tflops:>8s} "
+            f"{r['measure']:{width}s} {r['method']:10s} {r['tokens_per_s']:10,.0f} {r['rows_per_s']:7.2f} {tflops:>8s} "
             f"{share:>10s} {r.get('startup_s', ''):>8}"
         )
     ratios = {
@@ -495,20 +543,39 @@ def report(results: list[dict], workload: dict) -> dict:
         "gptq8_score_vs_raw": ratio(rate("vllm-gptq8", "score"), rate("vllm-gptq8", "raw")),
         "bf16_predict_vs_hf_predict": ratio(rate("vllm-bf16", "predict"), rate("hf", "predict")),
         "gptq8_predict_vs_hf_predict": ratio(rate("vllm-gptq8", "predict"), rate("hf", "predict")),
+        "fp8ckpt_predict_vs_raw": ratio(rate("vllm-fp8ckpt", "predict"), rate("vllm-fp8ckpt", "raw")),
+        "fp8ckpt_predict_vs_bf16_predict": ratio(
+            rate("vllm-fp8ckpt", "predict"), rate("vllm-bf16", "predict")
+        ),
+        "fp8_online_predict_vs_bf16_predict": ratio(
+            rate("vllm-fp8", "predict"), rate("vllm-bf16", "predict")
+        ),
     }
+    fp8_rates = {
+        r["measure"]: r["tokens_per_s"]
+        for r in results
+        if r["measure"].startswith("vllm-fp8") and r.get("method") == "predict"
+    }
+    best_fp8 = max(fp8_rates, key=fp8_rates.get) if fp8_rates else None
     targets = {
         "bf16 predict >= 0.95x raw": _check(ratios["bf16_predict_vs_raw"], TARGETS["predict_vs_raw"]),
         "gptq8 predict >= 0.95x raw": _check(ratios["gptq8_predict_vs_raw"], TARGETS["predict_vs_raw"]),
         "bf16 predict >= 1.5x hf": _check(ratios["bf16_predict_vs_hf_predict"], TARGETS["vllm_vs_hf"]),
         "bf16 predict >= 24,000 tokens/s": _check(rate("vllm-bf16", "predict"), TARGETS["tokens_per_s"]),
         "gptq8 predict >= 24,000 tokens/s": _check(rate("vllm-gptq8", "predict"), TARGETS["tokens_per_s"]),
+        f"fp8 predict >= 40,000 tokens/s (best: {best_fp8})": _check(
+            fp8_rates.get(best_fp8), FP8_TARGETS["tokens_per_s"]
+        ),
+        "fp8ckpt predict >= 0.97x raw": _check(
+            ratios["fp8ckpt_predict_vs_raw"], FP8_TARGETS["predict_vs_raw"]
+        ),
     }
     print()
     for key, value in ratios.items():
-        print(f"{key:30s} {value if value is not None else 'n/a'}")
+        print(f"{key:36s} {value if value is not None else 'n/a'}")
     print()
     for key, value in targets.items():
-        print(f"{key:34s} {value}")
+        print(f"{key:{max(map(len, targets))}s} {value}")
     return {"ratios": ratios, "targets": targets, "ceiling_tflops": ceiling}
 
 
@@ -539,8 +606,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--measure",
-        default=",".join(MEASUREMENTS),
-        help="comma-separated subset of " + ", ".join(MEASUREMENTS),
+        default=None,
+        help="comma-separated: " + ", ".join(MEASUREMENTS) + ", each optionally NAME@KEY=JSON+KEY=JSON "
+        "(vllm.LLM arguments of that measurement) and /METHOD+METHOD [default: "
+        + ",".join(DEFAULT_MEASURES)
+        + "]",
+    )
+    parser.add_argument(
+        "--fp8-comparison",
+        action="store_true",
+        help="bf16, GPTQ-8 and the FP8 variants in one run, one pass each: " + ",".join(FP8_COMPARISON),
     )
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--reps", type=int, default=2, help="passes per vLLM method (median reported)")
@@ -580,6 +655,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rows, args.reps = min(args.rows, 48), 1
+    if args.fp8_comparison:
+        args.measure, args.reps = args.measure or ",".join(FP8_COMPARISON), 1
+    args.measure = args.measure or ",".join(DEFAULT_MEASURES)
     config = TINY if args.quick else QWEN25_14B
 
     if args.worker:
@@ -598,10 +676,10 @@ def main() -> None:
     workload = prepare(workdir, args, config)
     device = args.gpu or first_gpu()
     results = []
-    for name in args.measure.split(","):
-        name = name.strip()
-        if name not in MEASUREMENTS:
-            raise SystemExit(f"--measure {name}: choose from {', '.join(MEASUREMENTS)}")
+    names = [name.strip() for name in args.measure.split(",") if name.strip()]
+    for name in names:
+        parse_measure(name, args.methods)  # refuse a bad spec before the first measurement starts
+    for name in names:
         results.extend(run_measurement(name, args, workdir, device))
     summary = report(results, workload)
     if args.json:
@@ -635,6 +713,11 @@ def prepare(workdir: Path, args, config: dict) -> dict:
     (workdir / "token_ids.json").write_text(json.dumps(prompts.token_ids))
     write_model_dir(workdir / "vllm-bf16", config, None)
     write_model_dir(workdir / "vllm-gptq8", config, GPTQ8)
+    write_model_dir(workdir / "vllm-fp8", config, None)
+    # What `wsdm-serve convert --to fp8` writes, so vLLM builds the FP8 layers with dummy weights.
+    write_model_dir(
+        workdir / "vllm-fp8ckpt", config, quantization_config(DEFAULT_RECIPE, config["num_hidden_layers"])
+    )
     lengths = sorted(len(ids) for ids in prompts.token_ids)
     tokens = sum(lengths)
     workload = {

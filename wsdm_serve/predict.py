@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,18 @@ class PredictConfig:
     engine: EngineOptions = field(default_factory=EngineOptions)
     trust_remote_code: bool = False
     progress: bool = True
+    precision: str | None = None
+    """``checkpoint`` or ``fp8`` (see docs/precision.md); a shorthand for ``engine.precision``."""
+
+    def __post_init__(self) -> None:
+        if self.precision is None:
+            self.precision = self.engine.precision
+        elif self.engine.precision in ("checkpoint", self.precision):
+            self.engine = replace(self.engine, precision=self.precision)
+        else:
+            raise ValueError(
+                f"PredictConfig: precision {self.precision!r} and engine.precision {self.engine.precision!r} differ"
+            )
 
 
 @dataclass
@@ -97,7 +109,7 @@ class Judge:
 
     def __init__(self, config: PredictConfig, engine: ScoringEngine | None = None) -> None:
         if engine is None:
-            check_options(config.engine)
+            check_options(config.engine, config.model)
         self.config = config
         # Config, tokenizer and answer letters are checked before minutes of loading weights.
         self.tokenizer = preflight(config.model, config.trust_remote_code)

@@ -393,5 +393,9 @@ def evaluate(
     click.echo(f"evaluate: wrote {', '.join(written)}", err=True)
 
 
+from .convert import convert  # noqa: E402
+
+main.add_command(convert)
+
 if __name__ == "__main__":
     main()

@@ -28,6 +28,25 @@ def setup_logging(quiet: bool) -> None:
     )
     for noisy in ("transformers", "huggingface_hub", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if quiet:
+        hide_library_progress_bars()
+
+
+def hide_library_progress_bars() -> None:
+    """``-q`` also hides the bars libraries draw themselves (transformers' "Loading weights",
+    compressed-tensors' "Decompressing model", vLLM's loaders), here and in engine processes.
+
+    tqdm and huggingface_hub read these variables when they are imported, which for a command is
+    after this runs; transformers is told directly in case something imported it already.
+    """
+    import os
+
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def user_errors(command):
@@ -125,6 +144,7 @@ ENGINE_PARAMETERS = {
     "max_model_len": "max_model_len",
     "gpu_memory_utilization": "gpu_memory_utilization",
     "enforce_eager": "enforce_eager",
+    "precision": "precision",
 }
 
 
@@ -160,6 +180,14 @@ def engine_options(command):
     )(command)
     command = click.option(
         "--device", default="auto", show_default=True, help="hf engine: auto, cpu, cuda or cuda:N."
+    )(command)
+    command = click.option(
+        "--precision",
+        type=click.Choice(["checkpoint", "fp8"]),
+        default="checkpoint",
+        show_default=True,
+        help="checkpoint: exactly what the model folder holds; fp8: FP8 tensor cores (vllm engine, "
+        "compute capability 8.9+; see docs/precision.md).",
     )(command)
     command = click.option(
         "--engine",

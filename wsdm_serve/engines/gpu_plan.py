@@ -46,6 +46,11 @@ class GpuInfo:
     def has_bf16(self) -> bool:
         return self.capability >= (8, 0)
 
+    @property
+    def has_fp8(self) -> bool:
+        """FP8 tensor cores: Ada (8.9), Hopper (9.0) and newer."""
+        return self.capability >= (8, 9)
+
     def describe(self) -> str:
         return f"GPU {self.index} ({self.name}, {self.total_memory / GIB:.0f} GiB, sm_{self.capability[0]}{self.capability[1]})"
 
@@ -61,6 +66,7 @@ class GpuPlan:
     gpu_memory_utilization: float
     weight_bytes: int | None
     notes: list[str] = field(default_factory=list)
+    fp8: bool = False
 
     @property
     def data_parallel(self) -> int:
@@ -71,7 +77,7 @@ class GpuPlan:
         weights = f", ~{self.weight_bytes / GIB:.1f} GiB of weights" if self.weight_bytes else ""
         return (
             f"{self.data_parallel} engine(s) x tensor-parallel {self.tensor_parallel} on GPUs {groups}, "
-            f"{self.dtype}, max_model_len {self.max_model_len}{weights}"
+            f"{self.dtype}{' with FP8 weights' if self.fp8 else ''}, max_model_len {self.max_model_len}{weights}"
         )
 
 
@@ -235,9 +241,10 @@ def _layer_shapes(config: dict) -> dict[str, int] | None:
     }
 
 
-def estimate_weight_bytes(config: dict, dtype: str) -> int | None:
+def estimate_weight_bytes(config: dict, dtype: str, fp8: bool = False) -> int | None:
     """Weight memory of a dense decoder from its config: linear layers at the checkpoint's quantized
     width (plus one 16-bit scale and one zero point per group), embeddings, head and norms in ``dtype``.
+    ``fp8``: the linear layers of a full-precision checkpoint are quantized to FP8 at load (one byte each).
 
     None when the config does not describe a dense decoder this formula knows.
     """
@@ -252,6 +259,8 @@ def estimate_weight_bytes(config: dict, dtype: str) -> int | None:
     norm_params = n * 2 * h + h
     plain = DTYPE_BYTES.get(dtype, 2)
     quant = quantization_bits(config)
+    if fp8 and quant is None:
+        quant = (8, 0)
     if quant is None or quant[0] >= 16:
         linear_bytes = linear_params * plain
     else:
@@ -409,15 +418,27 @@ def plan_gpus(
     max_model_len: int | None = None,
     gpu_memory_utilization: float | None = None,
     fallback_weight_bytes: int | None = None,
+    fp8: bool = False,
 ) -> GpuPlan:
-    """Decide the whole layout from the options; every rejection is one line naming the option."""
+    """Decide the whole layout from the options; every rejection is one line naming the option.
+
+    ``fp8`` (``--precision fp8``): every chosen GPU needs FP8 tensor cores, and a full-precision
+    checkpoint's linear layers count one byte per weight.
+    """
     utilization = DEFAULT_GPU_MEMORY_UTILIZATION if gpu_memory_utilization is None else gpu_memory_utilization
     if not 0 < utilization <= 1:
         raise WsdmError(f"--gpu-memory-utilization {utilization}: must be in (0, 1]")
     chosen = parse_gpu_list(gpus, visible)
+    if fp8:
+        lacking = [gpu for gpu in chosen if not gpu.has_fp8]
+        if lacking:
+            raise WsdmError(
+                f"--precision fp8: {lacking[0].describe()} has no FP8 tensor cores (needs compute capability "
+                "8.9+: Ada, Hopper or newer); drop --precision fp8 to run the checkpoint as it is"
+            )
     chosen_dtype = choose_dtype(dtype, chosen)
     length = choose_max_model_len(longest_prompt, max_model_len, config)
-    weights = estimate_weight_bytes(config, chosen_dtype)
+    weights = estimate_weight_bytes(config, chosen_dtype, fp8=fp8)
     if weights is None:
         weights = fallback_weight_bytes
     kv = kv_bytes_per_token(config, chosen_dtype) * length
@@ -436,6 +457,7 @@ def plan_gpus(
         gpu_memory_utilization=utilization,
         weight_bytes=weights,
         notes=notes,
+        fp8=fp8,
     )
 
 

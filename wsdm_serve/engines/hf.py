@@ -8,6 +8,9 @@ attention means real tokens never see padding, so the default positions are exac
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,23 +76,29 @@ class HFEngine(ScoringEngine):
         )
         quantization = read_quantization(self.model_dir)
         overrides = hf_loading_overrides(quantization)
+        # compressed-tensors draws its own bars with an explicit disable=False, which the variable
+        # `wsdm-serve -q` sets (TQDM_DISABLE) cannot reach: hold them back while loading.
+        quiet = os.environ.get("TQDM_DISABLE") == "1"
         try:
-            # device_map puts the weights straight onto the GPU instead of staging 28 GB in host memory
-            model = AutoModelForCausalLM.from_pretrained(
-                self.model_dir,
-                dtype=self.dtype,
-                trust_remote_code=trust_remote_code,
-                device_map={"": self.device} if self.device.startswith("cuda") else None,
-                **overrides,
-            )
+            with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+                # device_map puts the weights straight onto the GPU instead of staging 28 GB in host memory
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.model_dir,
+                    dtype=self.dtype,
+                    trust_remote_code=trust_remote_code,
+                    device_map={"": self.device} if self.device.startswith("cuda") else None,
+                    **overrides,
+                )
         except Exception as exc:  # noqa: BLE001 - turn loader failures into one actionable line
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if quantization:
                 method = quantization.get("quant_method", "quantized")
                 bits = quantization.get("bits", "?")
+                target = self.model_dir.with_name(f"{self.model_dir.name}-bf16")
                 raise WsdmError(
                     f"{self.model_dir}: {method} {bits}-bit checkpoint cannot be loaded by the transformers "
-                    f"engine on {self.device} ({reason}); install a backend for it or use --engine vllm on a GPU"
+                    f"engine on {self.device} ({reason}); convert it for this engine with `wsdm-serve convert "
+                    f"{self.model_dir} --to bf16 --out {target}`, or use --engine vllm on a GPU"
                 ) from exc
             raise WsdmError(f"{self.model_dir}: cannot load the model ({reason})") from exc
         self._attach(model.to(self.device), letter_ids)

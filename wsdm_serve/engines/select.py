@@ -30,6 +30,8 @@ class EngineOptions:
     enforce_eager: bool | None = None
     load_format: str = "auto"
     """``dummy`` builds random weights from config.json (benchmarks); not a command-line option."""
+    precision: str = "checkpoint"
+    """``checkpoint``: what the folder holds; ``fp8``: FP8 tensor cores (vllm engine, see models.precision)."""
 
     def vllm_only(self) -> list[str]:
         given = {
@@ -77,11 +79,29 @@ def resolve_engine_name(name: str) -> str:
     return name
 
 
-def check_options(options: EngineOptions) -> None:
+def check_options(options: EngineOptions, model_dir: Path | None = None) -> None:
     """Refuse option mixes and a missing vLLM before any work is done (tokenizing 25k rows first
-    and failing afterwards would waste minutes)."""
+    and failing afterwards would waste minutes); with ``model_dir``, also a precision the
+    checkpoint cannot run in."""
+    from ..models.precision import check_model_precision, check_precision_name, fp8_hf_error
+
     if options.name not in ENGINES:
         raise WsdmError(f"unknown engine {options.name!r}; choose one of {', '.join(ENGINES)}")
+    check_precision_name(options.precision)
+    if options.precision == "fp8" and (
+        options.name == "hf" or (options.name == "auto" and options.hf_only())
+    ):
+        raise fp8_hf_error()
+    if (
+        model_dir is not None
+        and options.precision != "checkpoint"
+        and (Path(model_dir) / "config.json").is_file()
+    ):
+        from .gpu_plan import read_model_config
+
+        check_model_precision(model_dir, read_model_config(model_dir), options.precision)
+    if options.precision == "fp8" and options.name == "auto" and not vllm_usable():
+        raise fp8_hf_error("no usable vLLM and CUDA GPU here")
     if options.name == "hf" and options.vllm_only():
         raise WsdmError(
             f"{', '.join(options.vllm_only())}: only the vllm engine takes this; drop it or use --engine vllm"
@@ -108,6 +128,10 @@ def create_engine(
     check_options(options)
     # --device cpu or --batch-tokens only mean something to the hf engine, so auto takes them as a choice.
     name = "hf" if options.name == "auto" and options.hf_only() else resolve_engine_name(options.name)
+    if name == "hf" and options.precision == "fp8":
+        from ..models.precision import fp8_hf_error
+
+        raise fp8_hf_error()
     if name == "hf":
         if options.vllm_only():
             log.warning(
@@ -137,4 +161,5 @@ def create_engine(
         enforce_eager=options.enforce_eager,
         trust_remote_code=trust_remote_code,
         load_format=options.load_format,
+        precision=options.precision,
     )

@@ -29,6 +29,7 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from .gpu_plan import (
     read_model_config,
 )
 from .pool import EnginePool, WorkerSpec, one_line
+
+if TYPE_CHECKING:
+    from ..models.fp8 import Fp8Recipe
 
 log = logging.getLogger(__name__)
 
@@ -302,11 +306,23 @@ class VLLMEngine(ScoringEngine):
         load_format: str = "auto",
         max_num_batched_tokens: int | None = None,
         extra_args: dict | None = None,
+        precision: str = "checkpoint",
+        fp8_recipe: Fp8Recipe | None = None,
     ) -> None:
         if not vllm_installed():
             raise WsdmError(VLLM_MISSING)
         model_dir = Path(model_dir)
         config = read_model_config(model_dir)
+        from ..models.fp8 import DEFAULT_RECIPE
+        from ..models.precision import check_model_precision, vllm_arguments
+
+        # --precision fp8: vLLM's own FP8 arguments (online quantization of a bf16 checkpoint, or
+        # nothing for an FP8 one); experiments' extra_args still win over them.
+        check_model_precision(model_dir, config, precision)
+        recipe = fp8_recipe or DEFAULT_RECIPE
+        extra_args = {**vllm_arguments(config, precision, recipe), **(extra_args or {})}
+        if precision == "fp8":
+            log.info("precision fp8: %s", recipe.describe())
         visible = detect_gpus()
         if not visible:
             raise WsdmError("no CUDA GPU is visible; the vllm engine needs one (use --engine hf on a CPU)")
@@ -320,6 +336,7 @@ class VLLMEngine(ScoringEngine):
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
             fallback_weight_bytes=None if load_format == "dummy" else checkpoint_bytes(model_dir),
+            fp8=precision == "fp8",
         )
         for note in self.plan.notes:
             log.warning(note)
