@@ -98,6 +98,13 @@ def check_options(options: EngineOptions) -> None:
             raise WsdmError(VLLM_MISSING)
 
 
+def chosen_engine(options: EngineOptions) -> str:
+    """The engine ``create_engine`` builds for these options here: ``hf`` or ``vllm`` (a work folder
+    records it before any engine starts, so a resume on another machine cannot mix engines)."""
+    # --device cpu or --batch-tokens only mean something to the hf engine, so auto takes them as a choice.
+    return "hf" if options.name == "auto" and options.hf_only() else resolve_engine_name(options.name)
+
+
 def create_engine(
     model_dir: Path,
     letter_ids: tuple[int, int],
@@ -106,8 +113,7 @@ def create_engine(
     trust_remote_code: bool = False,
 ) -> ScoringEngine:
     check_options(options)
-    # --device cpu or --batch-tokens only mean something to the hf engine, so auto takes them as a choice.
-    name = "hf" if options.name == "auto" and options.hf_only() else resolve_engine_name(options.name)
+    name = chosen_engine(options)
     if name == "hf":
         if options.vllm_only():
             log.warning(
