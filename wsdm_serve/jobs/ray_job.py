@@ -51,8 +51,15 @@ def init_ray(address: str | None, quiet: bool) -> None:
     """Connect to ``address`` (``auto``: the cluster this node belongs to), or start a local cluster
     on this machine only: loopback, no dashboard."""
     ray = import_ray()
-    if ray.is_initialized():
-        return
+    if not ray.is_initialized():
+        _connect(ray, address, quiet)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # one bar per phase comes from the driver
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _connect(ray, address: str | None, quiet: bool) -> None:
     kwargs = {"include_dashboard": False, "log_to_driver": not quiet, "logging_level": logging.WARNING}
     try:
         if address:
@@ -62,10 +69,6 @@ def init_ray(address: str | None, quiet: bool) -> None:
     except Exception as exc:  # noqa: BLE001 - connection refused, version mismatch, ...
         where = address or "a local cluster"
         raise WsdmError(f"--ray-address {where}: cannot connect ({exc.__class__.__name__}: {exc})") from exc
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # one bar per phase comes from the driver
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 # ------------------------------------------------------------------------------------ packing
