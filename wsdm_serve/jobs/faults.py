@@ -39,3 +39,10 @@ def after_unit_saved(count: int) -> None:
     if rest is not None and count >= int(rest):
         while True:
             time.sleep(1)
+
+
+def forwarded() -> dict:
+    """Ray ``runtime_env`` entries that carry a fault set on the driver to the actors (workers started
+    before it was set would not see it); nothing when none is set."""
+    value = os.environ.get(VARIABLE)
+    return {"runtime_env": {"env_vars": {VARIABLE: value}}} if value else {}

@@ -254,6 +254,7 @@ def ray_executor(shards: list[Shard], config: PredictConfig, letters, longest: i
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=ACTOR_RESTARTS,
             **resources,
+            **faults.forwarded(),
         )
         try:
             for row in dataset.iter_rows():
