@@ -93,8 +93,8 @@ def test_killed_actor_is_retried_and_output_is_complete(
         f"file://{shards}/part-*.parquet", config_for(tiny_model_dir, "all"), work_dir=work
     )
     assert marker.exists()  # the actor really died
-    assert ids == distributed[1]
-    np.testing.assert_array_equal(result.probs, distributed[2].probs)
+    assert ids == distributed.ids
+    np.testing.assert_array_equal(result.probs, distributed.result.probs)
     assert sorted(p.name for p in (work / "forward").iterdir()) == [
         f"unit-00000{i}.parquet" for i in range(3)
     ]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -141,10 +142,10 @@ class UnitScorer:
 
         self.batches += 1
         faults.at_actor_batch(self.batches)
-        out: dict[str, list] = {
-            k: [] for k in ("unit", "forward", "n_tokens", "rows", "swapped", "swapped_tokens")
-        }
+        keys = ("unit", "forward", "n_tokens", "rows", "swapped", "swapped_tokens", "started", "finished")
+        out: dict[str, list] = {k: [] for k in keys}
         for i in range(len(batch["unit"])):
+            out["started"].append(time.time())
             item = {key: batch[key][i] for key in batch}
             forward = _unpack(item["ids"], item["offsets"])
             # An empty list packs to one offset (8 bytes): the task has no swapped prompts.
@@ -161,9 +162,9 @@ class UnitScorer:
             out["rows"].append(scores.swapped_rows.tobytes())
             out["swapped"].append(scores.swapped.astype(np.float64).tobytes())
             out["swapped_tokens"].append(scores.swapped_tokens.tobytes())
-        return {
-            key: np.array(values, dtype=object if key != "unit" else np.int64) for key, values in out.items()
-        }
+            out["finished"].append(time.time())
+        numeric = {"unit": np.int64, "started": np.float64, "finished": np.float64}
+        return {key: np.array(values, dtype=numeric.get(key, object)) for key, values in out.items()}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
@@ -258,6 +259,7 @@ def ray_executor(shards: list[Shard], config: PredictConfig, letters, longest: i
         )
         try:
             for row in dataset.iter_rows():
+                execute.spans.append((float(row["started"]), float(row["finished"])))
                 yield _scores(row)
         except WsdmError:
             raise
@@ -265,6 +267,7 @@ def ray_executor(shards: list[Shard], config: PredictConfig, letters, longest: i
             raise WsdmError(f"ray job failed: {_cause(exc)}") from exc
 
     execute.engine = options.name  # type: ignore[attr-defined]
+    execute.spans = []  # type: ignore[attr-defined]  # (start, end) of each unit in its actor
     return execute
 
 
@@ -292,6 +295,20 @@ def inspect_shards(shards: list[Shard]) -> list[dict]:
     return reports
 
 
+@dataclass
+class RayJob:
+    """A distributed job's shards, their ids (in order), its result, and the (start, end) time of
+    every unit in its actor (a benchmark's scoring span). Unpacks as (shards, ids, result)."""
+
+    shards: list[Shard]
+    ids: list[list]
+    result: object
+    spans: list[tuple[float, float]]
+
+    def __iter__(self):
+        return iter((self.shards, self.ids, self.result))
+
+
 def run_ray_job(
     source: str,
     config: PredictConfig,
@@ -304,7 +321,7 @@ def run_ray_job(
     started_at: float,
     quiet: bool = False,
 ):
-    """Score every shard of ``source`` on the cluster; returns (shards, ids per shard, result).
+    """Score every shard of ``source`` on the cluster.
 
     The driver needs the model folder for its checks and the tokenizer (as ``predict`` does); the
     rows are read by the tasks, never by the driver, except their ids.
@@ -341,4 +358,4 @@ def run_ray_job(
             store.spent_seconds(),
             f"ray, {execute.engine}",
         )
-    return shards, ids, result
+    return RayJob(shards, ids, result, list(execute.spans))
