@@ -14,16 +14,16 @@ import click
 from .. import __version__
 from ..errors import EXIT_USAGE, WsdmError
 from ..tta import TTA_MODES
+from .jobs import evaluate_predict, hint_work_dir, job_options, predict_job
 from .options import (
     DEFAULT_MODEL,
     DEFAULT_SUBMISSION,
-    setup_logging,
     engine_options,
     model_options,
+    setup_logging,
     truncation_options,
     user_errors,
 )
-from .jobs import evaluate_predict, hint_work_dir, job_options, predict_job
 
 STARTED_AT = time.time()
 
