@@ -101,13 +101,12 @@ def worker_single(args, workdir: Path) -> dict:
 
 def worker_ray(args, workdir: Path) -> dict:
     import pandas as pd
-    import ray
 
     from wsdm_serve.jobs import ray_job
     from wsdm_serve.jobs.output import write_shard_folder
 
     started = time.perf_counter()
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=args.verbose)
+    ray_job.init_ray(None, quiet=not args.verbose)  # a local cluster, as `predict --ray` starts it
     ray_up = time.perf_counter() - started
     job = ray_job.run_ray_job(
         str(workdir / "shards"), predict_config(args, model_dir(args, workdir)), address=None, work_dir=None,

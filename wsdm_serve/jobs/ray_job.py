@@ -66,7 +66,10 @@ def _connect(ray, address: str | None, quiet: bool) -> None:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(_node_ip_address="127.0.0.1", **kwargs)
+            from ..engines.gpu_plan import detect_gpus
+
+            # GPUs counted as the vllm engine counts them, so the cluster offers exactly those.
+            ray.init(_node_ip_address="127.0.0.1", num_gpus=len(detect_gpus()), **kwargs)
     except Exception as exc:  # noqa: BLE001 - connection refused, version mismatch, ...
         where = address or "a local cluster"
         raise WsdmError(f"--ray-address {where}: cannot connect ({exc.__class__.__name__}: {exc})") from exc
