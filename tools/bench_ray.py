@@ -64,6 +64,7 @@ def worker_single(args, workdir: Path) -> dict:
     from wsdm_serve.data import load_arena_rows
     from wsdm_serve.engines.hf import HFEngine
     from wsdm_serve.engines.vllm import VLLMEngine
+    from wsdm_serve.jobs.local import prompt_length_bound
     from wsdm_serve.predict import Judge, write_predictions
 
     _, token_ids = bench.load_workload(workdir)
@@ -76,8 +77,10 @@ def worker_single(args, workdir: Path) -> dict:
     if args.engine == "hf":
         engine = HFEngine(folder, judge.letters, device="cpu")
     else:
+        # Sized as the Ray actors size theirs: for the longest prompt truncation lets through.
+        longest = prompt_length_bound(judge.tokenizer, config.truncation)
         engine = VLLMEngine(
-            folder, judge.letters, max(map(len, token_ids)), dtype="bfloat16",
+            folder, judge.letters, longest, dtype="bfloat16",
             gpu_memory_utilization=args.gpu_memory_utilization, load_format="dummy",
         )  # fmt: skip
     startup = time.perf_counter() - started
