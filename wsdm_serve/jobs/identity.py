@@ -10,7 +10,6 @@ same model, a retrained one (same shapes, other values) is not.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -99,8 +98,3 @@ def describe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 def _short(value) -> str:
     text = str(value)
     return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
-
-
-def local_path(text: str) -> bool:
-    """True for a plain path (no ``scheme://``): the file can be hashed here."""
-    return "://" not in text or text.startswith("file://") or os.path.exists(text)

@@ -85,7 +85,9 @@ def run_local_job(
         with WorkDir(work_dir, manifest, restart=restart, started_at=started_at) as store:
             execute = in_process(rows_of, engine_of, judge.tokenizer, config)
             scores = run_phases(units, store, execute, config)
-            described = state["engine"].describe() if "engine" in state else f"{engine_name}, resumed"
+            described = (
+                state["engine"].describe() if "engine" in state else f"{engine_name}: nothing left to score"
+            )
             return job_result(rows.ids, scores, store.spent_seconds(), described)
     finally:
         if "engine" in state:
