@@ -26,7 +26,10 @@ SPLITS = ((0, 7), (7, 12), (12, 20))
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(
+        num_cpus=2, num_gpus=0, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        object_store_memory=256 * 1024**2,
+    )  # fmt: skip
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
