@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -113,16 +114,18 @@ def test_killed_actor_is_retried_and_output_is_complete(
 
 
 def test_cli_joins_the_cluster_and_matches_a_local_work_dir_run(cluster, tiny_model_dir, tmp_path):
-    """A single file in units of 6 rows: the same units as `predict --work-dir`, bit for bit."""
+    """A single file in units of 6 rows: the same units as `predict --work-dir`, bit for bit; under
+    `--tta budget` (ample), every row is re-scored in the second, TTA phase on the cluster too."""
     table = tmp_path / "table.parquet"
     pd.read_parquet(ARENA_SAMPLE).head(20).to_parquet(table)
     out = tmp_path / "ray.csv"
     distributed = run_cli("wsdm-serve", "-q", "predict", table, "--model", tiny_model_dir, "--out", out,
                           "--probs", tmp_path / "ray.parquet", "--ray", "--ray-address", cluster,
-                          "--chunk-rows", "6", "--tta", "none", "--token-budget", str(BUDGET))  # fmt: skip
+                          "--chunk-rows", "6", "--tta", "budget", "--time-budget", "600", "--token-budget",
+                          str(BUDGET))  # fmt: skip
     assert distributed.returncode == 0, distributed.stderr
-    assert "predict: 20 rows" in distributed.stderr
-    config = config_for(tiny_model_dir, "none")
+    assert "predict: 20 rows" in distributed.stderr and "20 rows re-scored by TTA" in distributed.stderr
+    config = replace(config_for(tiny_model_dir, "budget"), time_budget_minutes=600)
     local = run_local_job(load_arena_rows(table), config, tmp_path / "work", inputs={},
                           normalization="reference", chunk_rows=6)  # fmt: skip
     write_predictions(local, tmp_path / "one.csv", tmp_path / "one.parquet")

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import WsdmError
+from ..jobs import DEFAULT_CHUNK_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ LARGE_TABLE_ROWS = 20000
 class JobOptions:
     work_dir: Path | None = None
     restart: bool = False
-    chunk_rows: int = 1024
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
     ray: bool = False
     ray_address: str | None = None
 
@@ -68,7 +69,7 @@ def job_options(ray: bool):
         command = click.option(
             "--chunk-rows",
             type=click.IntRange(min=1),
-            default=1024,
+            default=DEFAULT_CHUNK_ROWS,
             show_default=True,
             help="Rows scored and saved together (one unit of --work-dir and --ray).",
         )(command)

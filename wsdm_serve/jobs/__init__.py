@@ -12,6 +12,7 @@ running, a resumed or distributed run scores every unit exactly as an uninterrup
 - ``sources``    Parquet shards from a file, folder, glob or pyarrow filesystem URI; their checks
 - ``ray_job``    the job on Ray Data: prompting in CPU tasks, scoring in a pool of engine actors
 - ``output``     a folder of Parquet shards ``id, winner, p_a, p_b``
+- ``faults``     faults on purpose, for the tests that prove a job survives them
 """
 
 DEFAULT_CHUNK_ROWS = 1024
