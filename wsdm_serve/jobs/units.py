@@ -230,11 +230,23 @@ def in_process(
     rows_of: Callable[[Unit], ArenaRows], engine_of: Callable[[], object], tokenizer, config
 ) -> Executor:
     """An executor that scores task after task here; the engine is started by the first task only,
-    so a finished job re-writes its outputs without loading a model."""
+    so a finished job re-writes its outputs without loading a model. The next task's prompts are
+    built in a thread while the engine scores the current one (the tokenizer releases the GIL), so
+    the GPU does not wait for prompting between units."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def prompts_of(task: Task) -> PromptSet:
+        return prompt_task(rows_of(task.unit), task, tokenizer, config.truncation)
 
     def execute(tasks: list[Task]) -> Iterator[UnitScores]:
-        for task in tasks:
-            prompts = prompt_task(rows_of(task.unit), task, tokenizer, config.truncation)
-            yield score_prompted(task, prompts, engine_of(), config)
+        if not tasks:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsdm-prompts") as pool:
+            ahead = pool.submit(prompts_of, tasks[0])
+            for number, task in enumerate(tasks):
+                prompts = ahead.result()
+                if number + 1 < len(tasks):
+                    ahead = pool.submit(prompts_of, tasks[number + 1])
+                yield score_prompted(task, prompts, engine_of(), config)
 
     return execute
