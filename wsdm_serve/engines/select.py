@@ -77,6 +77,13 @@ def resolve_engine_name(name: str) -> str:
     return name
 
 
+def chosen_engine(options: EngineOptions) -> str:
+    """The engine ``create_engine`` builds for these options here: ``hf`` or ``vllm`` (a work folder
+    records it before any engine starts, so a resume on another machine cannot mix engines)."""
+    # --device cpu or --batch-tokens only mean something to the hf engine, so auto takes them as a choice.
+    return "hf" if options.name == "auto" and options.hf_only() else resolve_engine_name(options.name)
+
+
 def check_options(options: EngineOptions) -> None:
     """Refuse option mixes and a missing vLLM before any work is done (tokenizing 25k rows first
     and failing afterwards would waste minutes)."""
@@ -98,13 +105,6 @@ def check_options(options: EngineOptions) -> None:
             raise WsdmError(VLLM_MISSING)
 
 
-def chosen_engine(options: EngineOptions) -> str:
-    """The engine ``create_engine`` builds for these options here: ``hf`` or ``vllm`` (a work folder
-    records it before any engine starts, so a resume on another machine cannot mix engines)."""
-    # --device cpu or --batch-tokens only mean something to the hf engine, so auto takes them as a choice.
-    return "hf" if options.name == "auto" and options.hf_only() else resolve_engine_name(options.name)
-
-
 def create_engine(
     model_dir: Path,
     letter_ids: tuple[int, int],
@@ -113,7 +113,8 @@ def create_engine(
     trust_remote_code: bool = False,
 ) -> ScoringEngine:
     check_options(options)
-    name = chosen_engine(options)
+    # --device cpu or --batch-tokens only mean something to the hf engine, so auto takes them as a choice.
+    name = "hf" if options.name == "auto" and options.hf_only() else resolve_engine_name(options.name)
     if name == "hf":
         if options.vllm_only():
             log.warning(

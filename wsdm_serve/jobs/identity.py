@@ -79,6 +79,8 @@ def score_settings(config, engine_name: str, chunk_rows: int, normalization: str
         "tensor_parallel": options.tensor_parallel if engine_name == "vllm" else None,
         "enforce_eager": options.enforce_eager if engine_name == "vllm" else None,
         "load_format": options.load_format,
+        # FP8 tensor cores change every score (an engine option where the installed wsdm has it).
+        "precision": getattr(options, "precision", "checkpoint"),
         "chunk_rows": chunk_rows,
     }
 
