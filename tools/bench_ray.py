@@ -135,6 +135,25 @@ def worker_ray(args, workdir: Path) -> dict:
     }
 
 
+def worker_workdir(args, workdir: Path) -> dict:
+    """`predict --work-dir` in one process (engine start-up included: it starts with the first unit)."""
+    import pandas as pd
+
+    from wsdm_serve.data import load_arena_rows
+    from wsdm_serve.jobs.local import run_local_job
+
+    rows = load_arena_rows(workdir / "rows.parquet")
+    config = predict_config(args, model_dir(args, workdir))
+    started = time.perf_counter()
+    result = run_local_job(
+        rows, config, workdir / "work", inputs={}, normalization="reference", restart=True,
+        chunk_rows=args.chunk_rows,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    pd.DataFrame({"id": result.ids, "p_a": result.probs[:, 0]}).to_parquet(workdir / "workdir.parquet")
+    return {"seconds_with_startup": round(seconds, 1), "tokens": result.n_tokens, "engine": result.engine}
+
+
 def run_worker(name: str, args, workdir: Path) -> dict:
     command = [
         sys.executable,
@@ -206,6 +225,11 @@ def main() -> None:
         help="hf: a CPU smoke test of this script (tiny model)",
     )
     parser.add_argument("--verbose", action="store_true", help="let Ray forward its workers' logs")
+    parser.add_argument(
+        "--with-work-dir",
+        action="store_true",
+        help="also run `predict --work-dir` in one process (+~1.5 min)",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -213,7 +237,7 @@ def main() -> None:
     if args.quick:
         args.rows, args.chunk_rows = min(args.rows, 48), min(args.chunk_rows, 16)
     if args.worker:
-        run = worker_single if args.worker == "single" else worker_ray
+        run = {"single": worker_single, "ray": worker_ray, "workdir": worker_workdir}[args.worker]
         print("RESULT " + json.dumps({"measure": args.worker, **run(args, Path(args.workdir))}), flush=True)
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="wsdm-bench-ray-"))
@@ -221,6 +245,14 @@ def main() -> None:
     single = run_worker("single", args, workdir)
     distributed = run_worker("ray", args, workdir)
     report = {"workload": workload, "single": single, "ray": distributed, "args": vars(args)}
+    if args.with_work_dir:
+        report["workdir"] = run_worker("workdir", args, workdir)
+        if "failed" not in report["workdir"] and "failed" not in single:
+            import numpy as np
+            import pandas as pd
+
+            a, b = (pd.read_parquet(workdir / f"{n}.parquet") for n in ("single", "workdir"))
+            report["workdir"]["max_abs_dp_vs_single"] = float(np.abs(a["p_a"] - b["p_a"]).max())
     if "failed" not in single and "failed" not in distributed:
         report.update(compare(workload, single, distributed, workdir))
     print(json.dumps({k: v for k, v in report.items() if k != "args"}, indent=1))
