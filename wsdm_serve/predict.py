@@ -203,11 +203,9 @@ def score_prompts(
     probs = forward
     n_tokens = int(prompts.n_tokens.sum())
     if count:
-        assert prompts.swapped_token_ids is not None
-        sequences = [prompts.swapped_token_ids[i] for i in rescored]
-        swapped = softmax2(score_with_progress(engine, [sequences], len(sequences), "tta", config.progress))
+        swapped = score_swapped(engine, prompts, rescored, config.progress)
         probs = combine_swapped(forward, swapped, rescored)
-        n_tokens += sum(len(s) for s in sequences)
+        n_tokens += sum(len(prompts.swapped_token_ids[i]) for i in rescored)
     return PredictResult(
         ids=list(rows.ids),
         forward=forward,
@@ -219,6 +217,14 @@ def score_prompts(
         engine=engine.describe(),
         row_tokens=prompts.n_tokens.copy(),
     )
+
+
+def score_swapped(engine: ScoringEngine, prompts: PromptSet, rows: np.ndarray, progress: bool) -> np.ndarray:
+    """P(A), P(B) of the swapped prompts of ``rows`` (indices into ``prompts``), in that order, scored
+    as one engine call: TTA's second pass, here and in jobs that score a table in parts."""
+    assert prompts.swapped_token_ids is not None
+    sequences = [prompts.swapped_token_ids[i] for i in rows]
+    return softmax2(score_with_progress(engine, [sequences], len(sequences), "tta", progress))
 
 
 def run_predict(

@@ -14,6 +14,7 @@ import click
 from .. import __version__
 from ..errors import EXIT_USAGE, WsdmError
 from ..tta import TTA_MODES
+from .jobs import evaluate_predict, hint_work_dir, job_options, predict_job
 from .options import (
     DEFAULT_MODEL,
     DEFAULT_SUBMISSION,
@@ -77,6 +78,7 @@ def main(ctx: click.Context, quiet: bool) -> None:
 @engine_options
 @truncation_options
 @model_options
+@job_options(ray=True)
 @click.pass_context
 @user_errors
 def predict(
@@ -92,6 +94,7 @@ def predict(
     response_word_cap,
     text_normalization,
     trust_remote_code,
+    job,
 ) -> None:
     """Predict the winner of every row of PATH (parquet, csv or jsonl) and write a submission."""
     from ..data import load_arena_rows
@@ -100,12 +103,25 @@ def predict(
     from ..truncation import TruncationConfig
 
     quiet = ctx.obj["quiet"]
+    if job.active:
+        config = PredictConfig(
+            model=model,
+            tta=tta,
+            time_budget_minutes=time_budget,
+            truncation=TruncationConfig(token_budget=token_budget, response_word_cap=response_word_cap),
+            engine=engine_options,
+            trust_remote_code=trust_remote_code,
+            progress=not quiet,
+        )
+        predict_job(path, out, probs, config, text_normalization, job, STARTED_AT, quiet)
+        return
     if probs is not None and probs.suffix.lower() != ".parquet":
         raise WsdmError(f"{probs}: --probs writes parquet; give a .parquet path")
     if out.suffix.lower() != ".csv":
         raise WsdmError(f"{out}: --out writes CSV; give a .csv path")
     check_writable(out, probs)
     rows = load_arena_rows(path, text_normalization)
+    hint_work_dir(len(rows))
     config = PredictConfig(
         model=model,
         tta=tta,
@@ -310,6 +326,7 @@ def check_model_command(ctx, path, smoke, engine_options, trust_remote_code) -> 
 @engine_options
 @truncation_options
 @model_options
+@job_options(ray=False)
 @click.pass_context
 @user_errors
 def evaluate(
@@ -329,6 +346,7 @@ def evaluate(
     response_word_cap,
     text_normalization,
     trust_remote_code,
+    job,
 ) -> None:
     """Score a labelled table (winner, or winner_model_a/b/tie) and report how good the judge is.
 
@@ -336,6 +354,7 @@ def evaluate(
     its position bias. Ties are counted and left out. Table on stdout, JSON and PNGs on disk.
     """
     from .. import evaluate as ev
+    from ..jobs.workdir import ensure_not_inside
     from ..outputs import check_writable, write_frame
     from ..predict import PredictConfig
     from ..truncation import TruncationConfig
@@ -350,6 +369,7 @@ def evaluate(
         raise WsdmError(f"{save_probs}: --save-probs writes parquet; give a .parquet path")
     json_path = json_path or out_dir / "metrics.json"
     check_writable(json_path, save_probs, None if no_plots else out_dir / "calibration.png")
+    ensure_not_inside(job.work_dir, json_path, save_probs, out_dir / "calibration.png")
     table = ev.load_labelled(path, limit)
     if probs_file is not None:
         scored = ev.scored_from_probs(table, probs_file, path)
@@ -361,7 +381,8 @@ def evaluate(
             trust_remote_code=trust_remote_code,
             progress=not ctx.obj["quiet"],
         )
-        scored = ev.scored_from_model(table, path, config, text_normalization)
+        predict = None if job.work_dir is None else evaluate_predict(path, limit, job, text_normalization)
+        scored = ev.scored_from_model(table, path, config, text_normalization, predict)
     report = ev.evaluate_scored(scored, edges, bins)
     report = {
         "table": str(path),

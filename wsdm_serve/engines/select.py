@@ -71,6 +71,13 @@ def vllm_usable() -> bool:
     return True
 
 
+def chosen_engine(options: EngineOptions) -> str:
+    """The engine ``create_engine`` builds for these options here: ``hf`` or ``vllm`` (a work folder
+    records it before any engine starts, so a resume on another machine cannot mix engines)."""
+    # --device cpu or --batch-tokens only mean something to the hf engine, so auto takes them as a choice.
+    return "hf" if options.name == "auto" and options.hf_only() else resolve_engine_name(options.name)
+
+
 def resolve_engine_name(name: str) -> str:
     if name not in ENGINES:
         raise WsdmError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
