@@ -17,9 +17,9 @@ from ..tta import TTA_MODES
 from .options import (
     DEFAULT_MODEL,
     DEFAULT_SUBMISSION,
-    setup_logging,
     engine_options,
     model_options,
+    setup_logging,
     truncation_options,
     user_errors,
 )
@@ -392,6 +392,15 @@ def evaluate(
     written = [str(json_path), *report["plots"].values(), *([str(save_probs)] if save_probs else [])]
     click.echo(f"evaluate: wrote {', '.join(written)}", err=True)
 
+
+def _register_commands() -> None:
+    """Commands that live in modules of their own."""
+    from .serve import serve
+
+    main.add_command(serve)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     main()
