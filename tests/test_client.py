@@ -147,3 +147,16 @@ def test_the_readme_curl_example_is_valid_and_answers(server, engine):
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert len(answer["results"]) == len(body["pairs"]) and answer["usage"]["pairs"] == len(body["pairs"])
+
+
+def test_the_serving_page_shows_valid_requests_and_answers():
+    from wsdm_serve.server.schema import JudgeResponse, parse_judge_request
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    request, answer = (
+        json.loads(block) for block in re.findall(r"^```json\n(.*?)^```$", page, flags=re.M | re.S)
+    )
+    assert len(parse_judge_request(json.dumps(request).encode(), 256).pairs) == len(answer["results"])
+    JudgeResponse.model_validate(answer)
+    bodies = re.findall(r"-d '(.*?)'", page, flags=re.S)
+    assert bodies and all(parse_judge_request(body.encode(), 256).pairs for body in bodies)

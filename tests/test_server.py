@@ -205,6 +205,17 @@ BAD_INPUTS = [
         id="float-id",
     ),
     pytest.param(
+        {"pairs": [{**pair(0), "id": True}]},
+        422,
+        r"^pairs\[0\]\.id: must be a string, an integer or null$",
+        0,
+        "id",
+        id="bool-id",
+    ),
+    pytest.param(
+        b"[" * 100_000 + b"]" * 100_000, 400, "^invalid JSON: nested too deeply$", None, None, id="deep-json"
+    ),
+    pytest.param(
         {"pairs": [pair(0), "text"]}, 422, r"^pairs\[1\]: must be an object", 1, None, id="pair-not-object"
     ),
     pytest.param(

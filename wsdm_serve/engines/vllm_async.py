@@ -14,6 +14,7 @@ offline scoring on a GPU, and everything around it is tested on a CPU with the h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
@@ -121,7 +122,7 @@ class VLLMAsyncEngine(AsyncScoringEngine):
         self.plan, self.sampling = plan, sampling
 
     def _batch_logger(self):
-        """A vLLM stat logger that reports each engine step's running requests as a batch."""
+        """A vLLM stat logger that reports the requests of each engine step as a batch."""
         from vllm.v1.metrics.loggers import StatLoggerBase
 
         engine = self
@@ -131,10 +132,13 @@ class VLLMAsyncEngine(AsyncScoringEngine):
                 pass
 
             def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+                # A one-token request finishes in the step that completes its prefill, so the step held
+                # the requests still running after it and those that finished in it.
                 running = getattr(scheduler_stats, "num_running_reqs", 0) if scheduler_stats else 0
+                finished = len(getattr(iteration_stats, "finished_requests", None) or ())
                 tokens = getattr(getattr(iteration_stats, "prompt_token_stats", None), "computed", 0)
-                if running:
-                    engine.observer.batch(int(running), int(tokens or 0))
+                if running or finished:
+                    engine.observer.batch(int(running) + finished, int(tokens or 0))
 
             def log_engine_initialized(self) -> None:
                 pass
@@ -200,5 +204,13 @@ class VLLMAsyncEngine(AsyncScoringEngine):
 
     async def close(self) -> None:
         llm, self.llm = self.llm, None
-        if llm is not None:
-            await asyncio.to_thread(llm.shutdown)
+        if llm is None:
+            return
+        # The output handler first: stopped after the engine process, it would log the engine's
+        # end as an error.
+        handler = getattr(llm, "output_handler", None)
+        if handler is not None:
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await handler
+        await asyncio.to_thread(llm.shutdown)

@@ -50,7 +50,7 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
-def create_app(service: JudgeService, on_engine_failure: Callable[[], None] | None = None) -> FastAPI:
+def create_app(service: JudgeService, on_engine_failure: Callable[[], None] | None = None) -> GuardedApp:
     """The application; its lifespan starts the engine in the background (the port answers at
     once) and closes it at shutdown. ``on_engine_failure`` is called if the engine cannot start."""
 

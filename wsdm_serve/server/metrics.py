@@ -38,7 +38,7 @@ class ServerMetrics(EngineObserver):
         self.queue_limit = Gauge("wsdm_queued_pairs_limit", "--max-queued-pairs", registry=registry)
         self.batch_sequences = Histogram(
             "wsdm_engine_batch_sequences",
-            "Prompts per engine batch (hf: one forward pass; vllm: requests running in a scheduler step)",
+            "Prompts per engine batch (hf: one forward pass; vllm: requests in a scheduler step)",
             buckets=BATCH_BUCKETS,
             registry=registry,
         )

@@ -104,6 +104,8 @@ def parse_judge_request(body: bytes, max_pairs: int) -> JudgeRequest:
         raise ApiError(400, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except UnicodeDecodeError:
         raise ApiError(400, "invalid JSON: the body is not UTF-8 text") from None
+    except RecursionError:
+        raise ApiError(400, "invalid JSON: nested too deeply") from None
     if not isinstance(payload, dict):
         raise ApiError(422, 'the body must be a JSON object: {"pairs": [...]}')
     pairs = payload.get("pairs")

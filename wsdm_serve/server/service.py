@@ -48,6 +48,7 @@ class JudgeService:
         self.state = "loading"
         self.error: str | None = None
         self.queued_pairs = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._done: deque[tuple[float, int]] = deque()  # (time, pairs) of recent answers: the rate
         # Prompt building (tokenizer, chat template) on one thread: the event loop stays free, and
         # the tokenizer is never used by two threads at once.
@@ -93,6 +94,7 @@ class JudgeService:
     # ------------------------------------------------------------------ life cycle
     async def load(self) -> None:
         """Start the engine; the state says loading, ready or failed."""
+        self.loop = asyncio.get_running_loop()  # the server's loop: where engine coroutines run
         try:
             await self.engine.start()
         except Exception as exc:
