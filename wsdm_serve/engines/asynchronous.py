@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import WsdmError
 from .base import ScoringEngine
 from .select import EngineOptions, choose_engine, create_engine
 
@@ -284,8 +285,6 @@ def create_async_engine(
     batching: BatchingOptions | None = None,
 ) -> AsyncScoringEngine:
     """The server's engine for the options predict takes (nothing is loaded until ``start``)."""
-    from ..errors import WsdmError
-
     batching = batching or BatchingOptions()
     if choose_engine(options) == "vllm":
         if batching.given():

@@ -224,9 +224,6 @@ class GuardedApp:
         self.metrics = metrics
         self.key = None if api_key is None else api_key.encode()
 
-    def __getattr__(self, name: str):  # the FastAPI object's attributes (openapi, routes, state)
-        return getattr(self.app, name)
-
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
