@@ -335,7 +335,7 @@ def test_parity_tool_runs_its_workers_and_compares_on_a_cpu(tmp_path):
     assert report["identical_decisions"] and report["max_abs_diff_p_a"] == 0.0
 
 
-@pytest.mark.parametrize("tool", ["bench.py", "parity.py"])
+@pytest.mark.parametrize("tool", ["bench.py", "bench_serve.py", "parity.py"])
 def test_gpu_tools_start_without_a_gpu(tool):
     """The GPU scripts parse their options and import the package on any machine."""
     from pathlib import Path

@@ -462,9 +462,11 @@ def shown(line: str) -> bool:
     return line.startswith(("[", "RESULT ", "Traceback", "SystemExit")) or "Error" in line
 
 
-def run_measurement(name: str, args, workdir: Path, device: str) -> list[dict]:
+def run_measurement(name: str, args, workdir: Path, device: str, script: Path | None = None) -> list[dict]:
+    """Run ``script`` (this file by default) with the same arguments as a worker in its own process."""
+    script = Path(script or __file__).resolve()
     command = [
-        sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--worker", name, "--workdir", str(workdir)
+        sys.executable, str(script), *sys.argv[1:], "--worker", name, "--workdir", str(workdir)
     ]  # fmt: skip
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=device)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,18 +124,9 @@ def arena_rows_from_frame(
     null_cells = 0
     columns: dict[str, list[str]] = {}
     for column in TEXT_COLUMNS:
-        values = frame[column].tolist()
         nulls = frame[column].isna().to_numpy()
         null_cells += int(nulls.sum())
-        if column == "prompt":
-            columns[column] = [
-                "" if null else normalize_prompt(v) for v, null in zip(values, nulls, strict=True)
-            ]
-        else:
-            columns[column] = [
-                "" if null else normalize_response(v, normalization)
-                for v, null in zip(values, nulls, strict=True)
-            ]
+        columns[column] = normalize_column(column, frame[column].tolist(), normalization, nulls)
     if null_cells:
         log.warning("%s: %d null text cell(s) were read as empty strings", path, null_cells)
     return ArenaRows(
@@ -144,3 +136,32 @@ def arena_rows_from_frame(
         responses_b=columns["response_b"],
         null_text_cells=null_cells,
     )
+
+
+def arena_rows_from_records(
+    records: Sequence[Mapping], normalization: Normalization = "reference"
+) -> ArenaRows:
+    """Rows from mappings that hold the three texts as strings and optionally an ``id`` (a JSON
+    request's pairs; the caller has checked the types), normalised as a table's rows are."""
+    return ArenaRows(
+        ids=[record.get("id") for record in records],
+        **{
+            field: normalize_column(column, [record[column] for record in records], normalization)
+            for field, column in zip(("prompts", "responses_a", "responses_b"), TEXT_COLUMNS, strict=True)
+        },
+        null_text_cells=0,
+    )
+
+
+def normalize_column(
+    column: str, values: Sequence, normalization: Normalization, nulls: Sequence[bool] | None = None
+) -> list[str]:
+    """One text column as the model sees it: the prompt as it is (a list of turns joined), each
+    response by ``normalization``; a null cell (``nulls``) becomes an empty string."""
+    if nulls is None:
+        nulls = [False] * len(values)
+    if column == "prompt":
+        return ["" if null else normalize_prompt(v) for v, null in zip(values, nulls, strict=True)]
+    return [
+        "" if null else normalize_response(v, normalization) for v, null in zip(values, nulls, strict=True)
+    ]

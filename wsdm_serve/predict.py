@@ -117,13 +117,14 @@ class Judge:
         self.engine = engine
         self._owns_engine = engine is None
 
-    def prompts(self, rows: ArenaRows) -> PromptSet:
+    def prompts(self, rows: ArenaRows, with_swapped_ids: bool | None = None) -> PromptSet:
+        """Every row's prompts; swapped ids when TTA may need them, unless ``with_swapped_ids`` says."""
         config = self.config
         return build_prompts(
             rows,
             self.tokenizer,
             config.truncation,
-            with_swapped_ids=config.tta != "none",
+            with_swapped_ids=config.tta != "none" if with_swapped_ids is None else with_swapped_ids,
             progress=config.progress,
         )
 

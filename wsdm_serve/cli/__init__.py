@@ -415,8 +415,10 @@ def evaluate(
 
 
 from .convert import convert  # noqa: E402
+from .serve import serve  # noqa: E402
 
 main.add_command(convert)
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

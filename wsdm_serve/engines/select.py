@@ -125,6 +125,17 @@ def check_options(options: EngineOptions, model_dir: Path | None = None) -> None
             raise WsdmError(VLLM_MISSING)
 
 
+def choose_engine(options: EngineOptions) -> str:
+    """``hf`` or ``vllm``, after the checks of :func:`check_options`."""
+    check_options(options)
+    name = chosen_engine(options)
+    if name == "hf" and options.precision == "fp8":
+        from ..models.precision import fp8_hf_error
+
+        raise fp8_hf_error()
+    return name
+
+
 def create_engine(
     model_dir: Path,
     letter_ids: tuple[int, int],
@@ -132,13 +143,7 @@ def create_engine(
     options: EngineOptions,
     trust_remote_code: bool = False,
 ) -> ScoringEngine:
-    check_options(options)
-    # --device cpu or --batch-tokens only mean something to the hf engine, so auto takes them as a choice.
-    name = "hf" if options.name == "auto" and options.hf_only() else resolve_engine_name(options.name)
-    if name == "hf" and options.precision == "fp8":
-        from ..models.precision import fp8_hf_error
-
-        raise fp8_hf_error()
+    name = choose_engine(options)
     if name == "hf":
         if options.vllm_only():
             log.warning(

@@ -157,6 +157,133 @@ def letter_logprobs(
     return result
 
 
+def check_prompt_lengths(
+    sequences: Sequence[Sequence[int]], max_model_len: int, first_number: int = 0
+) -> list[int]:
+    """Lengths of prompts whose first is number ``first_number`` (0-based) of the job; an empty
+    prompt or one the engine's context cannot hold is an error naming it."""
+    lengths = [len(seq) for seq in sequences]
+    for index, length in enumerate(lengths, start=first_number + 1):
+        if length == 0:
+            raise WsdmError(f"prompt {index}: cannot score an empty token sequence")
+        if length >= max_model_len:
+            raise WsdmError(
+                f"prompt {index} has {length} tokens; the engine was started with max_model_len "
+                f"{max_model_len} (--max-model-len must exceed the longest prompt)"
+            )
+    return lengths
+
+
+def scoring_setup(
+    model_dir: str | Path,
+    letter_ids: tuple[int, int],
+    *,
+    tensor_parallel: int,
+    dtype: str,
+    max_model_len: int,
+    gpu_memory_utilization: float,
+    enforce_eager: bool,
+    trust_remote_code: bool,
+    load_format: str = "auto",
+    max_num_batched_tokens: int | None = None,
+    extra_args: dict | None = None,
+) -> tuple[dict, object]:
+    """The engine arguments and the ``SamplingParams`` of every scoring engine on vLLM: the offline
+    ``vllm.LLM`` here and the server's ``AsyncLLM`` (engines/vllm_async.py)."""
+    prepare_environment()
+    try:
+        from vllm import SamplingParams
+    except ImportError as exc:
+        raise WsdmError(f"{VLLM_MISSING} ({one_line(exc)})") from exc
+    kwargs = engine_kwargs(
+        model_dir,
+        tensor_parallel=tensor_parallel,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        enforce_eager=enforce_eager,
+        trust_remote_code=trust_remote_code,
+        load_format=load_format,
+        max_num_batched_tokens=max_num_batched_tokens,
+        extra_args=extra_args,
+    )
+    return kwargs, SamplingParams(**sampling_kwargs(letter_ids))
+
+
+def plan_engine(
+    model_dir: Path,
+    longest_prompt: int,
+    *,
+    gpus: str | None = None,
+    tensor_parallel: int | None = None,
+    dtype: str = "auto",
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    load_format: str = "auto",
+    precision: str = "checkpoint",
+    fp8_recipe: Fp8Recipe | None = None,
+) -> tuple[GpuPlan, list[int], dict]:
+    """The GPU layout for the model (its notes logged), the indices of every visible GPU, and the
+    vLLM arguments that ``precision`` asks for (online FP8 of a bf16 checkpoint, or nothing)."""
+    if not vllm_installed():
+        raise WsdmError(VLLM_MISSING)
+    config = read_model_config(model_dir)
+    from ..models.fp8 import DEFAULT_RECIPE
+    from ..models.precision import check_model_precision, vllm_arguments
+
+    check_model_precision(model_dir, config, precision)
+    recipe = fp8_recipe or DEFAULT_RECIPE
+    precision_args = vllm_arguments(config, precision, recipe)
+    if precision == "fp8":
+        log.info("precision fp8: %s", recipe.describe())
+    visible = detect_gpus()
+    if not visible:
+        raise WsdmError("no CUDA GPU is visible; the vllm engine needs one (use --engine hf on a CPU)")
+    plan = plan_gpus(
+        config,
+        visible,
+        longest_prompt=longest_prompt,
+        gpus=gpus,
+        tensor_parallel=tensor_parallel,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        fallback_weight_bytes=None if load_format == "dummy" else checkpoint_bytes(model_dir),
+        fp8=precision == "fp8",
+    )
+    for note in plan.notes:
+        log.warning(note)
+    log.info("vllm engine: %s", plan.describe())
+    return plan, [gpu.index for gpu in visible], precision_args
+
+
+def scorer_arguments(
+    plan: GpuPlan,
+    model_dir: Path,
+    letter_ids: tuple[int, int],
+    *,
+    enforce_eager: bool | None = None,
+    trust_remote_code: bool = False,
+    load_format: str = "auto",
+    max_num_batched_tokens: int | None = None,
+    extra_args: dict | None = None,
+) -> dict:
+    """The keyword arguments of :func:`scoring_setup` (and :class:`VLLMScorer`) for one group of the plan."""
+    return {
+        "model_dir": str(model_dir),
+        "letter_ids": tuple(letter_ids),
+        "tensor_parallel": plan.tensor_parallel,
+        "dtype": plan.dtype,
+        "max_model_len": plan.max_model_len,
+        "gpu_memory_utilization": plan.gpu_memory_utilization,
+        "enforce_eager": True if enforce_eager is None else enforce_eager,
+        "trust_remote_code": trust_remote_code,
+        "load_format": load_format,
+        "max_num_batched_tokens": max_num_batched_tokens,
+        "extra_args": extra_args,
+    }
+
+
 class VLLMScorer:
     """One in-process ``vllm.LLM`` over one GPU group (tensor parallel inside it)."""
 
@@ -175,17 +302,9 @@ class VLLMScorer:
         max_num_batched_tokens: int | None = None,
         extra_args: dict | None = None,
     ) -> None:
-        prepare_environment()
-        try:
-            from vllm import LLM, SamplingParams
-            from vllm.inputs import TokensPrompt
-        except ImportError as exc:
-            raise WsdmError(f"{VLLM_MISSING} ({one_line(exc)})") from exc
-        self.letter_ids = letter_ids
-        self.max_model_len = max_model_len
-        self._prompt = TokensPrompt
-        kwargs = engine_kwargs(
+        kwargs, self.sampling = scoring_setup(
             model_dir,
+            letter_ids,
             tensor_parallel=tensor_parallel,
             dtype=dtype,
             max_model_len=max_model_len,
@@ -196,6 +315,12 @@ class VLLMScorer:
             max_num_batched_tokens=max_num_batched_tokens,
             extra_args=extra_args,
         )
+        from vllm import LLM
+        from vllm.inputs import TokensPrompt
+
+        self.letter_ids = letter_ids
+        self.max_model_len = max_model_len
+        self._prompt = TokensPrompt
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - vLLM start-up failures (memory, kernels) become one line
@@ -204,23 +329,13 @@ class VLLMScorer:
                 f"{model_dir}: vLLM could not start ({type(exc).__name__}: {one_line(exc)}); see the log above, "
                 "or try --gpu-memory-utilization, --max-model-len or --tensor-parallel"
             ) from exc
-        self.sampling = SamplingParams(**sampling_kwargs(letter_ids))
 
     def prompts(self, sequences: Sequence[Sequence[int]]) -> list:
         return [self._prompt(prompt_token_ids=list(seq)) for seq in sequences]
 
     def checked_lengths(self, sequences: Sequence[Sequence[int]], first_number: int) -> list[int]:
         """Lengths of a chunk whose first prompt is number ``first_number`` (0-based) of the job."""
-        lengths = [len(seq) for seq in sequences]
-        for index, length in enumerate(lengths, start=first_number + 1):
-            if length == 0:
-                raise WsdmError(f"prompt {index}: cannot score an empty token sequence")
-            if length >= self.max_model_len:
-                raise WsdmError(
-                    f"prompt {index} has {length} tokens; the engine was started with max_model_len "
-                    f"{self.max_model_len} (--max-model-len must exceed the longest prompt)"
-                )
-        return lengths
+        return check_prompt_lengths(sequences, self.max_model_len, first_number)
 
     def score(
         self, sequences: Sequence[Sequence[int]], progress: ProgressCallback | None = None
@@ -309,52 +424,31 @@ class VLLMEngine(ScoringEngine):
         precision: str = "checkpoint",
         fp8_recipe: Fp8Recipe | None = None,
     ) -> None:
-        if not vllm_installed():
-            raise WsdmError(VLLM_MISSING)
         model_dir = Path(model_dir)
-        config = read_model_config(model_dir)
-        from ..models.fp8 import DEFAULT_RECIPE
-        from ..models.precision import check_model_precision, vllm_arguments
-
-        # --precision fp8: vLLM's own FP8 arguments (online quantization of a bf16 checkpoint, or
-        # nothing for an FP8 one); experiments' extra_args still win over them.
-        check_model_precision(model_dir, config, precision)
-        recipe = fp8_recipe or DEFAULT_RECIPE
-        extra_args = {**vllm_arguments(config, precision, recipe), **(extra_args or {})}
-        if precision == "fp8":
-            log.info("precision fp8: %s", recipe.describe())
-        visible = detect_gpus()
-        if not visible:
-            raise WsdmError("no CUDA GPU is visible; the vllm engine needs one (use --engine hf on a CPU)")
-        self.plan: GpuPlan = plan_gpus(
-            config,
-            visible,
-            longest_prompt=longest_prompt,
+        self.plan, all_visible, precision_args = plan_engine(
+            model_dir,
+            longest_prompt,
             gpus=gpus,
             tensor_parallel=tensor_parallel,
             dtype=dtype,
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
-            fallback_weight_bytes=None if load_format == "dummy" else checkpoint_bytes(model_dir),
-            fp8=precision == "fp8",
+            load_format=load_format,
+            precision=precision,
+            fp8_recipe=fp8_recipe,
         )
-        for note in self.plan.notes:
-            log.warning(note)
-        log.info("vllm engine: %s", self.plan.describe())
-        scorer_kwargs = {
-            "model_dir": str(model_dir),
-            "letter_ids": tuple(letter_ids),
-            "tensor_parallel": self.plan.tensor_parallel,
-            "dtype": self.plan.dtype,
-            "max_model_len": self.plan.max_model_len,
-            "gpu_memory_utilization": self.plan.gpu_memory_utilization,
-            "enforce_eager": True if enforce_eager is None else enforce_eager,
-            "trust_remote_code": trust_remote_code,
-            "load_format": load_format,
-            "max_num_batched_tokens": max_num_batched_tokens,
-            "extra_args": extra_args,
-        }
-        all_visible = [gpu.index for gpu in visible]
+        # Experiments' extra_args win over the precision's arguments.
+        extra_args = {**precision_args, **(extra_args or {})}
+        scorer_kwargs = scorer_arguments(
+            self.plan,
+            model_dir,
+            letter_ids,
+            enforce_eager=enforce_eager,
+            trust_remote_code=trust_remote_code,
+            load_format=load_format,
+            max_num_batched_tokens=max_num_batched_tokens,
+            extra_args=extra_args,
+        )
         self.scorer: VLLMScorer | None = None
         self.pool: EnginePool | None = None
         if len(self.plan.groups) == 1 and sorted(self.plan.groups[0]) == all_visible:

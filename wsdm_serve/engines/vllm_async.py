@@ -1,0 +1,217 @@
+"""The server's vllm engine: every request's prompts go straight into vLLM's running ``AsyncLLM``.
+
+vLLM's engine core (its own process) schedules whatever is queued at each step, so prompts from
+concurrent requests share steps (continuous batching) and the judge's system prompt stays in the
+prefix cache. The settings are the offline engine's (``engines/vllm.py``): the same GPU plan, the
+same engine arguments and the same ``SamplingParams`` (one token restricted to A/B, both letters'
+processed log-probabilities), read by the same ``letter_logprobs``. The scheduler gets the offline
+engine's defaults too (vLLM sizes its steps by a usage context; the server asks for ``LLM``'s).
+
+This module is the thin part that needs vLLM and a GPU; ``tools/bench_serve.py`` checks it against
+offline scoring on a GPU, and everything around it is tested on a CPU with the hf engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .asynchronous import AsyncScoringEngine, EngineStopped
+from .gpu_plan import GpuPlan, physical_device_ids
+from .select import EngineOptions
+from .vllm import check_prompt_lengths, letter_logprobs, plan_engine, scorer_arguments, scoring_setup
+
+log = logging.getLogger(__name__)
+
+
+class VLLMAsyncEngine(AsyncScoringEngine):
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        letter_ids: tuple[int, int],
+        longest_prompt: int,
+        options: EngineOptions,
+        trust_remote_code: bool = False,
+        *,
+        max_num_batched_tokens: int | None = None,
+        extra_args: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_dir = Path(model_dir)
+        self.letter_ids = tuple(letter_ids)
+        self.longest_prompt = longest_prompt
+        self.options = options
+        self.trust_remote_code = trust_remote_code
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.extra_args = extra_args
+        self.plan: GpuPlan | None = None
+        self.llm = None
+        self.sampling = None
+
+    async def start(self) -> None:
+        # Planning asks a child process about the GPUs, and AsyncLLM's constructor waits for its
+        # engine process to load the model: both block, so they run off the event loop. The engine's
+        # output handler starts on the loop with the first request.
+        await asyncio.to_thread(self._start)
+
+    def _start(self) -> None:
+        options = self.options
+        plan, visible, precision_args = plan_engine(
+            self.model_dir,
+            self.longest_prompt,
+            gpus=options.gpus,
+            tensor_parallel=options.tensor_parallel,
+            dtype=options.dtype,
+            max_model_len=options.max_model_len,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            load_format=options.load_format,
+            precision=options.precision,
+        )
+        group = plan.groups[0]
+        if len(plan.groups) > 1:
+            log.warning(
+                "the plan has %d engines; a server runs one, on GPU(s) %s: start one server per GPU group "
+                "(--gpus, --port) to use the others",
+                len(plan.groups),
+                ",".join(map(str, group)),
+            )
+        if sorted(group) != visible:
+            # Nothing in this process has touched CUDA yet (GPUs are counted by a child process).
+            os.environ["CUDA_VISIBLE_DEVICES"] = physical_device_ids(
+                group, os.environ.get("CUDA_VISIBLE_DEVICES")
+            )
+        kwargs, sampling = scoring_setup(
+            **scorer_arguments(
+                plan,
+                self.model_dir,
+                self.letter_ids,
+                enforce_eager=options.enforce_eager,
+                trust_remote_code=self.trust_remote_code,
+                load_format=options.load_format,
+                max_num_batched_tokens=self.max_num_batched_tokens,
+                extra_args={**precision_args, **(self.extra_args or {})},
+            )
+        )
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from ..errors import WsdmError
+        from .pool import one_line
+
+        # vllm.LLM turns its own stats logging off; the one stat logger here reports batch sizes.
+        args = AsyncEngineArgs(**{"disable_log_stats": True, **kwargs})
+        try:
+            self.llm = AsyncLLM.from_engine_args(
+                args, usage_context=UsageContext.LLM_CLASS, stat_loggers=[self._batch_logger()]
+            )
+        except Exception as exc:  # noqa: BLE001 - start-up failures (memory, kernels) become one line
+            log.debug("vLLM start-up failed", exc_info=True)
+            raise WsdmError(
+                f"{self.model_dir}: vLLM could not start ({type(exc).__name__}: {one_line(exc)}); see the log "
+                "above, or try --gpu-memory-utilization, --max-model-len or --tensor-parallel"
+            ) from exc
+        self.plan, self.sampling = plan, sampling
+
+    def _batch_logger(self):
+        """A vLLM stat logger that reports the requests of each engine step as a batch."""
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        engine = self
+
+        class BatchSizes(StatLoggerBase):
+            def __init__(self, vllm_config, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+                # A one-token request finishes in the step that completes its prefill, so the step held
+                # the requests still running after it and those that finished in it.
+                running = getattr(scheduler_stats, "num_running_reqs", 0) if scheduler_stats else 0
+                finished = len(getattr(iteration_stats, "finished_requests", None) or ())
+                tokens = getattr(getattr(iteration_stats, "prompt_token_stats", None), "computed", 0)
+                if running or finished:
+                    engine.observer.batch(int(running) + finished, int(tokens or 0))
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return BatchSizes
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        return None if self.plan is None else self.plan.max_model_len - 1
+
+    def healthy(self) -> bool:
+        return self.llm is None or not self.llm.errored
+
+    async def score(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        if self.llm is None or self.plan is None:
+            raise EngineStopped("the engine is not running")
+        check_prompt_lengths(sequences, self.plan.max_model_len)
+        base = uuid.uuid4().hex
+        tasks = [
+            asyncio.ensure_future(self._one(f"wsdm-{base}-{index}", sequence))
+            for index, sequence in enumerate(sequences)
+        ]
+        try:
+            outputs = await asyncio.gather(*tasks)
+        except BaseException:
+            # Cancelled (the client went away) or one prompt failed: abort the rest. Each generate()
+            # aborts its own request in vLLM when it is cancelled.
+            pending = [task for task in tasks if not task.done()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                self.observer.aborted(len(pending))
+            raise
+        return letter_logprobs(outputs, self.letter_ids)
+
+    async def _one(self, request_id: str, sequence: Sequence[int]):
+        final = None
+        async for output in self.llm.generate(
+            {"prompt_token_ids": list(sequence)}, self.sampling, request_id
+        ):
+            final = output
+        return final
+
+    async def reset_prefix_cache(self) -> None:
+        """For benchmarks: the next pass starts cold."""
+        await self.llm.reset_prefix_cache()
+
+    def describe(self) -> str:
+        return "vllm" if self.plan is None else f"vllm (async): {self.plan.describe()}"
+
+    def info(self) -> dict:
+        plan = self.plan
+        if plan is None:
+            return {}
+        return {
+            "precision": plan.dtype,
+            "gpus": plan.groups[0],
+            "tensor_parallel": plan.tensor_parallel,
+            "max_model_len": plan.max_model_len,
+            "gpu_memory_utilization": plan.gpu_memory_utilization,
+        }
+
+    async def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        # The output handler first: stopped after the engine process, it would log the engine's
+        # end as an error.
+        handler = getattr(llm, "output_handler", None)
+        if handler is not None:
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await handler
+        await asyncio.to_thread(llm.shutdown)

@@ -1,0 +1,248 @@
+"""What the service does with a judge request, apart from HTTP: admission to the bounded queue,
+rows and prompts exactly as predict makes them, scoring on the engine, probabilities and swap TTA.
+
+Every step is the package's own: rows are normalised by ``data``/``textnorm``, prompts are built
+(truncation, template, token ids) by the :class:`~wsdm_serve.predict.Judge` that predict uses, the
+engine returns raw letter logits, and ``tta`` turns them into probabilities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..data import arena_rows_from_records
+from ..engines.asynchronous import AsyncScoringEngine, EngineStopped
+from ..engines.pool import one_line
+from ..predict import Judge, PredictConfig
+from ..preprocess import tokenize_prompts
+from ..prompt import JudgePrompt
+from ..tta import combine_swapped, softmax2, winners
+from .config import CONTEXT_SLACK_TOKENS, ServeConfig
+from .metrics import ServerMetrics
+from .schema import ApiError, JudgeRequest
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 30.0
+LOADING_RETRY_AFTER_S = 5
+
+
+class JudgeService:
+    """The checked model's tokenizer and prompt building, the engine, the queue bound and metrics."""
+
+    def __init__(self, config: ServeConfig, engine: AsyncScoringEngine, judge: Judge) -> None:
+        self.config = config
+        self.engine = engine
+        self.judge = judge
+        self.metrics = ServerMetrics()
+        self.metrics.queue_limit.set(config.max_queued_pairs)
+        engine.observer = self.metrics
+        self.state = "loading"
+        self.error: str | None = None
+        self.queued_pairs = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._done: deque[tuple[float, int]] = deque()  # (time, pairs) of recent answers: the rate
+        # Prompt building (tokenizer, chat template) on one thread: the event loop stays free, and
+        # the tokenizer is never used by two threads at once.
+        self._prompts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsdm-prompts")
+
+    @classmethod
+    def prepare(
+        cls,
+        config: ServeConfig,
+        make_engine: Callable[[tuple[int, int], int], AsyncScoringEngine] | None = None,
+    ) -> JudgeService:
+        """Check the model folder and load its tokenizer (seconds); the engine is made, not started.
+
+        ``make_engine(letter_ids, longest_prompt)``, when given, makes the engine instead of the
+        engine options (tests wrap the transformers engine; the benchmark keeps a handle on vLLM's).
+        """
+        from ..engines.asynchronous import create_async_engine
+        from ..engines.select import check_options
+
+        check_options(config.engine)
+        judge = Judge(
+            PredictConfig(
+                model=config.model,
+                tta="none",
+                truncation=config.truncation,
+                engine=config.engine,
+                trust_remote_code=config.trust_remote_code,
+                progress=False,
+            )
+        )
+        if make_engine is not None:
+            return cls(config, make_engine(judge.letters, longest_prompt(judge)), judge)
+        engine = create_async_engine(
+            config.model,
+            judge.letters,
+            longest_prompt(judge),
+            config.engine,
+            config.trust_remote_code,
+            config.batching,
+        )
+        return cls(config, engine, judge)
+
+    # ------------------------------------------------------------------ life cycle
+    async def load(self) -> None:
+        """Start the engine; the state says loading, ready or failed."""
+        self.loop = asyncio.get_running_loop()  # the server's loop: where engine coroutines run
+        try:
+            await self.engine.start()
+        except Exception as exc:
+            self.state, self.error = "failed", one_line(exc)
+            raise
+        self.state = "ready"
+        self.metrics.ready.set(1)
+        log.warning("serve: engine ready: %s", self.engine.describe())
+
+    def ready(self) -> bool:
+        healthy = self.state == "ready" and self.engine.healthy()
+        self.metrics.ready.set(1 if healthy else 0)
+        return healthy
+
+    async def close(self) -> None:
+        await self.engine.close()
+        self._prompts.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ admission
+    def admit(self, pairs: int) -> None:
+        """Take ``pairs`` into the bounded queue, or refuse with 429 and when to retry."""
+        if not self.ready():
+            if self.state == "loading":
+                raise ApiError(
+                    503,
+                    "the engine is loading; retry shortly",
+                    headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
+                )
+            raise ApiError(503, f"the engine is not available ({self.error or 'it stopped'})")
+        limit = self.config.max_queued_pairs
+        if self.queued_pairs + pairs > limit:
+            wait = self.retry_after(self.queued_pairs + pairs - limit)
+            raise ApiError(
+                429,
+                f"busy: {self.queued_pairs} pairs queued and {pairs} more asked for, the limit is {limit} "
+                f"(--max-queued-pairs); retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        self.queued_pairs += pairs
+        self.metrics.queued_pairs.set(self.queued_pairs)
+
+    def release(self, pairs: int, answered: bool) -> None:
+        self.queued_pairs -= pairs
+        self.metrics.queued_pairs.set(self.queued_pairs)
+        if answered:
+            self._done.append((time.monotonic(), pairs))
+
+    def retry_after(self, excess_pairs: int) -> int:
+        """Seconds until ``excess_pairs`` more pairs are likely answered, at the recent rate (1..60)."""
+        now = time.monotonic()
+        while self._done and self._done[0][0] < now - RATE_WINDOW_S:
+            self._done.popleft()
+        if not self._done:
+            return 1
+        span = max(now - self._done[0][0], 1.0)
+        rate = sum(pairs for _, pairs in self._done) / span
+        return max(1, min(60, math.ceil(excess_pairs / rate)))
+
+    # ------------------------------------------------------------------ judging
+    async def judge_pairs(self, request: JudgeRequest) -> dict:
+        """Probabilities of every pair, in request order (the caller has admitted the pairs)."""
+        normalization = request.text_normalization or self.config.text_normalization
+        swap = request.swap == "all"
+        rows = arena_rows_from_records([pair.model_dump() for pair in request.pairs], normalization)
+        loop = asyncio.get_running_loop()
+        prompts = await loop.run_in_executor(self._prompts, self.judge.prompts, rows, swap)
+        n = len(rows)
+        sequences = prompts.token_ids + (prompts.swapped_token_ids if swap else [])
+        self.check_lengths(sequences, n)
+        try:
+            logits = await self.engine.score(sequences)
+        except EngineStopped as exc:
+            raise ApiError(503, f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
+        except Exception as exc:
+            self.metrics.engine_errors.inc()
+            log.error(
+                "engine error on a request of %d pairs: %s", n, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+            )
+            raise ApiError(500, f"engine error: {type(exc).__name__}: {one_line(exc)}") from None
+        forward = softmax2(logits[:n])
+        probs = forward
+        swapped = None
+        if swap:
+            swapped = softmax2(logits[n:])
+            probs = combine_swapped(forward, swapped, np.arange(n))
+        tokens = sum(len(sequence) for sequence in sequences)
+        results = []
+        for index, (pair_id, winner) in enumerate(zip(rows.ids, winners(probs), strict=True)):
+            result = {
+                "id": pair_id,
+                "p_a": float(probs[index, 0]),
+                "p_b": float(probs[index, 1]),
+                "winner": winner,
+            }
+            if swapped is not None:
+                # In the swapped prompt response_a sits in slot B: its probability is the B column.
+                result["p_a_forward"] = float(forward[index, 0])
+                result["p_a_swapped"] = float(swapped[index, 1])
+            results.append(result)
+        self.metrics.pairs.inc(n)
+        self.metrics.tokens.inc(tokens)
+        return {"results": results, "usage": {"pairs": n, "tokens": tokens}}
+
+    def check_lengths(self, sequences: list[list[int]], n: int) -> None:
+        limit = self.engine.max_prompt_tokens
+        if limit is None:
+            return
+        for position, sequence in enumerate(sequences):
+            if len(sequence) > limit:
+                index = position % n
+                which = "swapped prompt" if position >= n else "prompt"
+                raise ApiError(
+                    422,
+                    f"pairs[{index}]: its {which} has {len(sequence)} tokens, more than this server's engine "
+                    f"takes ({limit}; see --token-budget and --max-model-len)",
+                    pair=index,
+                )
+
+    def model_info(self) -> dict:
+        truncation = self.config.truncation
+        letters = self.judge.letters
+        return {
+            "model": str(self.config.model),
+            "state": self.state,
+            "engine": self.engine.name,
+            "engine_description": self.engine.describe(),
+            **self.engine.info(),
+            "truncation": {
+                "token_budget": truncation.token_budget,
+                "response_word_cap": truncation.response_word_cap,
+                "query_word_cap": truncation.query_word_cap,
+                "query_token_cap": truncation.query_token_cap,
+            },
+            "text_normalization": self.config.text_normalization,
+            "letter_ids": {"A": letters[0], "B": letters[1]},
+            "max_prompt_tokens": self.engine.max_prompt_tokens,
+            "limits": {
+                "max_pairs_per_request": self.config.max_pairs_per_request,
+                "max_queued_pairs": self.config.max_queued_pairs,
+                "max_body_bytes": self.config.max_body_bytes,
+            },
+        }
+
+
+def longest_prompt(judge: Judge) -> int:
+    """Tokens of the longest prompt the truncation lets through (what the vllm engine's context is
+    sized for): the token budget (or the query cap, which a query alone may reach when the budget is
+    below it), the template around the texts, and a small slack."""
+    truncation = judge.config.truncation
+    template = tokenize_prompts(judge.tokenizer, [JudgePrompt(judge.tokenizer).render("", "", "")])[0]
+    return max(truncation.token_budget, truncation.query_token_cap) + len(template) + CONTEXT_SLACK_TOKENS
