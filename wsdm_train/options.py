@@ -7,9 +7,9 @@ choices about how a stage runs, not part of the recipe, so they are options and 
 
 from __future__ import annotations
 
-import os
-
 import click
+
+from wsdm_serve.cli.options import hide_library_progress_bars
 
 CONFIG_HELP = "Preset name (reference, tiny) or a YAML file (which may start with `base: reference`)."
 
@@ -69,18 +69,6 @@ def quiet_requested(flag: bool) -> bool:
     if quiet:
         hide_library_progress_bars()
     return quiet
-
-
-def hide_library_progress_bars() -> None:
-    """Quiet means quiet: transformers' and huggingface_hub's own bars (loading and writing weight
-    shards) too. The variable covers libraries imported later; an imported transformers is told."""
-    import sys
-
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
 
 
 def load(config_name: str, overrides: tuple[str, ...] | list[str]):
