@@ -29,11 +29,21 @@ def pair_key(prompt: str, response_a: str, response_b: str) -> tuple[str, str, s
     return _canonical(prompt), first, second
 
 
-def drop_overlap(extra: SourceRows, train: CompetitionRows) -> SourceRows:
-    """``extra`` without the rows whose pair is a competition row's; each dropped row is a Skip."""
-    seen = {
+def competition_pairs(train: CompetitionRows) -> set[tuple[str, str, str]]:
+    """The pair keys of the competition rows, computed once for every extra table."""
+    return {
         pair_key(p, a, b) for p, a, b in zip(train.prompts, train.responses_a, train.responses_b, strict=True)
     }
+
+
+def drop_overlap(
+    extra: SourceRows, train: CompetitionRows, seen: set[tuple[str, str, str]] | None = None
+) -> SourceRows:
+    """``extra`` without the rows whose pair is a competition row's; each dropped row is a Skip.
+
+    ``seen``: :func:`competition_pairs` of ``train``, when the caller checks several tables.
+    """
+    seen = competition_pairs(train) if seen is None else seen
     keep = [
         i
         for i, (p, a, b) in enumerate(zip(extra.prompts, extra.responses_a, extra.responses_b, strict=True))

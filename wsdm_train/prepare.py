@@ -46,7 +46,7 @@ from .manifest import (
     summary_line,
     tokenizer_files,
 )
-from .overlap import drop_overlap
+from .overlap import competition_pairs, drop_overlap
 from .sources import CompetitionRows, Skip, SourceRows, read_competition, read_lmsys, read_ut
 from .staging import Staging
 
@@ -190,9 +190,10 @@ def run_prepare(
     train = read_competition(inputs.train)
     lmsys = read_lmsys(inputs.lmsys) if inputs.lmsys else None
     ut = read_ut(inputs.ut) if inputs.ut else None
-    if config.prepare.drop_extra_overlap:
-        lmsys = drop_overlap(lmsys, train) if lmsys is not None else None
-        ut = drop_overlap(ut, train) if ut is not None else None
+    if config.prepare.drop_extra_overlap and (lmsys is not None or ut is not None):
+        seen = competition_pairs(train)
+        lmsys = drop_overlap(lmsys, train, seen) if lmsys is not None else None
+        ut = drop_overlap(ut, train, seen) if ut is not None else None
     if len(train) == 0:
         raise WsdmError(f"{inputs.train}: no usable rows (first reason: {train.skipped[0].reason})")
 
