@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TEACHER = "base"
 
 
-def chain_settings(model: Path, data: Path, work: Path) -> list[str]:
+def chain_settings(model: Path, data: Path, work: Path, processed: Path | None = None) -> list[str]:
     settings = {
         "paths.data_dir": data,
-        "paths.processed_dir": work / "processed",
+        "paths.processed_dir": processed or work / "processed",
         "paths.model_dir": work / "models",
         "student.model": model,
         "teachers.0.model": model,
@@ -141,12 +141,10 @@ def cudnn_repro(args, work: Path) -> dict:
     repro = work / "cudnn-repro"
     command = train_command(
         "pretrain", "--config", "small", "--quiet", "--deepspeed", "none", "--device", args.device,
-        "--target", TEACHER, *chain_settings(args.model, args.data, repro),
+        "--target", TEACHER, *chain_settings(args.model, args.data, repro, processed=work / "processed"),
         "--set", "teachers.0.sdpa_cudnn=true", *args.set,
     )  # fmt: skip
-    # The processed data is the chain's own (prepare first, then pretrain reads it).
-    prep = train_command("prepare", "--config", "small", *chain_settings(args.model, args.data, repro))
-    run(prep, work / "cudnn-repro-prepare.log")
+    # It runs after the chain and reads the chain's processed data; only its models are its own.
     code, stderr, seconds = run(command, work / "cudnn-repro.log")
     last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
     return {
