@@ -59,7 +59,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from wsdm_serve.models.fp8 import DEFAULT_RECIPE, quantization_config  # noqa: E402
+from wsdm_serve.errors import WsdmError  # noqa: E402
+from wsdm_serve.models.fp8 import DEFAULT_RECIPE, Fp8Recipe, quantization_config  # noqa: E402
 from wsdm_serve.tiny import QWEN25_14B_SHAPE  # noqa: E402
 
 ASSETS = REPO / "tests" / "assets"
@@ -309,17 +310,34 @@ def scheduler_facts(llm) -> dict:
 
 
 def parse_measure(spec: str, default_methods: str) -> tuple[str, dict, list[str]]:
-    """``NAME[@KEY=JSON+KEY=JSON][/METHODS]`` -> (NAME, extra vllm.LLM arguments, methods)."""
+    """``NAME[:RECIPE][@KEY=JSON+KEY=JSON][/METHODS]`` -> (NAME[:RECIPE], extra vllm.LLM arguments,
+    methods). RECIPE (vllm-fp8 and vllm-fp8ckpt only) is an FP8 recipe name such as
+    ``per-channel+down-proj``; without it they run the default recipe."""
     spec, _, methods = spec.partition("/")
     base, _, overrides = spec.partition("@")
     extra = dict(vllm_arg(item) for item in overrides.split("+") if item) if overrides else {}
+    base, _, recipe = base.partition(":")
+    if recipe:
+        if base not in ("vllm-fp8", "vllm-fp8ckpt"):
+            raise SystemExit(f"--measure {spec}: only vllm-fp8 and vllm-fp8ckpt take a :RECIPE")
+        try:
+            Fp8Recipe.parse(recipe)
+        except WsdmError as error:
+            raise SystemExit(f"--measure {spec}: {error}") from None
+        if base not in MEASUREMENTS:
+            raise SystemExit(f"--measure {spec}: choose from {', '.join(MEASUREMENTS)}")
+        return f"{base}:{recipe}", extra, _methods(spec, methods, default_methods)
     if base not in MEASUREMENTS:
         raise SystemExit(f"--measure {spec}: choose from {', '.join(MEASUREMENTS)}")
+    return base, extra, _methods(spec, methods, default_methods)
+
+
+def _methods(spec: str, methods: str, default_methods: str) -> list[str]:
     chosen = [m.strip() for m in (methods.split("+") if methods else default_methods.split(",")) if m.strip()]
     unknown = set(chosen) - {"raw", "score", "predict"}
     if unknown:
         raise SystemExit(f"--measure {spec}: unknown method(s) {', '.join(sorted(unknown))}")
-    return base, extra, chosen
+    return chosen
 
 
 def worker_vllm(args, config, name: str) -> None:
@@ -335,8 +353,18 @@ def worker_vllm(args, config, name: str) -> None:
     workdir = Path(args.workdir)
     base, overrides, chosen_methods = parse_measure(name, args.methods)
     name = name.partition("/")[0]  # results are named by measurement and variant, not methods
+    base, _, recipe_name = base.partition(":")
+    recipe = Fp8Recipe.parse(recipe_name) if recipe_name else DEFAULT_RECIPE
     model_dir = workdir / base
+    if base == "vllm-fp8ckpt" and recipe != DEFAULT_RECIPE:  # that recipe's checkpoint config
+        model_dir = write_model_dir(
+            workdir / f"{base}-{recipe.name}",
+            config,
+            quantization_config(recipe, config["num_hidden_layers"]),
+        )
     vllm_args = {**dict(args.vllm_arg), **overrides}
+    if base == "vllm-fp8ckpt" and recipe.kv_cache_fp8:
+        vllm_args.setdefault("kv_cache_dtype", "fp8")
     rows, token_ids = load_workload(workdir)
     tokenizer = load_tokenizer(model_dir)
     letters = letter_token_ids(tokenizer)
@@ -353,6 +381,7 @@ def worker_vllm(args, config, name: str) -> None:
         extra_args=vllm_args,
         # vllm-fp8: the bf16 config quantized by vLLM at load with the default recipe (--precision fp8)
         precision="fp8" if base == "vllm-fp8" else "checkpoint",
+        fp8_recipe=recipe if base == "vllm-fp8" else None,
     )
     startup = time.perf_counter() - started
     if engine.scorer is None:
@@ -364,8 +393,8 @@ def worker_vllm(args, config, name: str) -> None:
         "plan": engine.plan.describe(),
         **scheduler_facts(scorer.llm),
         **({"vllm_args": vllm_args} if vllm_args else {}),
-        **({"precision": "fp8", "fp8_recipe": DEFAULT_RECIPE.describe()} if base == "vllm-fp8" else {}),
-        **({"fp8_recipe": DEFAULT_RECIPE.describe()} if base == "vllm-fp8ckpt" else {}),
+        **({"precision": "fp8", "fp8_recipe": recipe.name} if base == "vllm-fp8" else {}),
+        **({"fp8_recipe": recipe.name} if base == "vllm-fp8ckpt" else {}),
     }
     print(f"[{name}] engine up in {startup:.1f} s: {info['plan']}", flush=True)
     config_for_predict = predict_config(model_dir)
@@ -553,6 +582,10 @@ def report(results: list[dict], workload: dict) -> dict:
             rate("vllm-fp8", "predict"), rate("vllm-bf16", "predict")
         ),
     }
+    for measure in dict.fromkeys(r["measure"] for r in results):  # every measure timed both ways
+        both = ratio(rate(measure, "predict"), rate(measure, "raw"))
+        if both is not None:
+            ratios.setdefault(f"{measure}_predict_vs_raw", both)
     fp8_rates = {
         r["measure"]: r["tokens_per_s"]
         for r in results

@@ -154,10 +154,28 @@ def score(plan: dict, prompts, letters, args):
     return p_a, {"engine": described, "startup_s": round(up, 1), "score_s": round(seconds, 1)}
 
 
+def measure(name: str, plan: dict, prompts, letters, table, reference, args) -> dict:
+    """Convert when the recipe needs a checkpoint, score, compare with the reference (or itself)."""
+    from wsdm_serve.models.convert import convert_checkpoint
+
+    convert_s = 0.0
+    if "convert" in plan and not plan["folder"].exists():
+        source, recipe = plan["convert"]
+        convert_s = convert_checkpoint(
+            source, plan["folder"], to="fp8", recipe=recipe, progress=False
+        ).seconds
+    p_a, info = score(plan, prompts, letters, args)
+    result = {**compare(p_a if reference is None else reference, p_a, table.labels, args.near_tie), **info}
+    if convert_s:
+        result["convert_s"] = round(convert_s, 1)
+    return {**result, "p_a": p_a}
+
+
 def print_row(name: str, result: dict) -> None:
-    if "skipped" in result:
-        print(f"{name:40s} skipped: {result['skipped']}", flush=True)
-        return
+    for key in ("skipped", "failed"):
+        if key in result:
+            print(f"{name:40s} {key}: {result[key]}", flush=True)
+            return
     near = result["near_tie_agreement"]
     print(
         f"{name:40s} {100 * result['decision_agreement']:6.2f}% {result['flips']:5d} "
@@ -174,7 +192,6 @@ def run(args) -> dict:
 
     from wsdm_serve.data import arena_rows_from_frame
     from wsdm_serve.evaluate import load_labelled
-    from wsdm_serve.models.convert import convert_checkpoint
     from wsdm_serve.outputs import atomic_write
     from wsdm_serve.predict import Judge, PredictConfig
 
@@ -207,23 +224,20 @@ def run(args) -> dict:
                 result = {"skipped": "needs --gptq"}
             elif args.engine == "hf" and (plan.get("online") or plan.get("gptq")):
                 result = {"skipped": "needs the vllm engine"}
+            elif reference is None and name != "bf16":
+                raise SystemExit("--recipes must start with bf16: it is the reference")
             else:
-                convert_s = 0.0
-                if "convert" in plan and not plan["folder"].exists():
-                    source, recipe = plan["convert"]
-                    convert_s = convert_checkpoint(
-                        source, plan["folder"], to="fp8", recipe=recipe, progress=False
-                    ).seconds
-                p_a, info = score(plan, prompts, letters, args)
+                try:
+                    result = measure(name, plan, prompts, letters, table, reference, args)
+                except Exception as error:  # one recipe that vLLM refuses must not cost the others
+                    if reference is None:
+                        raise
+                    result = {"failed": f"{type(error).__name__}: {error}"[:500]}
                 if reference is None:
-                    if name != "bf16":
-                        raise SystemExit("--recipes must start with bf16: it is the reference")
-                    reference = p_a
-                    np.save(workdir / "bf16_p_a.npy", p_a)
-                result = {**compare(reference, p_a, table.labels, args.near_tie), **info}
-                if convert_s:
-                    result["convert_s"] = round(convert_s, 1)
-            if name == "bf16" and "skipped" not in result:
+                    reference = result.pop("p_a")
+                    np.save(workdir / "bf16_p_a.npy", reference)
+                result.pop("p_a", None)
+            if name == "bf16":
                 print(header, flush=True)
             report["recipes"][name] = result
             print_row(name, result)
@@ -233,7 +247,7 @@ def run(args) -> dict:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    measured = {k: v for k, v in report["recipes"].items() if "skipped" not in v and k != "bf16"}
+    measured = {k: v for k, v in report["recipes"].items() if "meets_target" in v and k != "bf16"}
     met = [k for k, v in measured.items() if v["meets_target"] and not k.startswith("gptq8")]
     report["fp8_recipes_meeting_target"] = met
     print(
