@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -344,3 +345,16 @@ def test_gpu_tools_start_without_a_gpu(tool):
     result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+def test_engine_core_is_spawned_only_where_a_fork_would_inherit_cuda(monkeypatch):
+    """vLLM forks its engine core; a process that already holds a CUDA context must spawn it."""
+    from wsdm_serve.engines.vllm import cuda_initialized_here, prepare_environment, worker_start_method
+
+    assert worker_start_method(True, {}) == "spawn"
+    assert worker_start_method(False, {}) is None
+    assert worker_start_method(True, {"VLLM_WORKER_MULTIPROC_METHOD": "fork"}) is None  # the user's choice
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    assert not cuda_initialized_here()  # no GPU context in the test process on a CPU machine
+    prepare_environment()
+    assert "VLLM_WORKER_MULTIPROC_METHOD" not in os.environ

@@ -124,7 +124,7 @@ FP8_COMPARISON = (
     "vllm-fp8@quantization=fp8/predict",
     "vllm-fp8ckpt/raw+predict",
     "vllm-fp8ckpt@max_num_batched_tokens=32768/predict",
-    "vllm-fp8ckpt@enforce_eager=false/predict",
+    "vllm-fp8ckpt@enforce_eager=false/raw+predict",
     "vllm-fp8ckpt@kv_cache_dtype=fp8/predict",
 )
 

@@ -105,7 +105,7 @@ def vllm_options(command):
     command = click.option(
         "--enforce-eager/--no-enforce-eager",
         default=None,
-        help="vllm engine: run without CUDA graphs [default: eager; graphs gave no speed on scoring and start slower].",
+        help="vllm engine: run without torch.compile and CUDA graphs [default: eager; graphs add ~1% in FP8, ~0.5% in bf16, and ~70 s of start-up].",
     )(command)
     command = click.option(
         "--gpu-memory-utilization",

@@ -58,13 +58,36 @@ def vllm_installed() -> bool:
 
 
 def prepare_environment() -> None:
-    """Environment vLLM needs before it is imported in this process.
+    """Environment vLLM needs before it starts its engine from this process.
 
     vLLM 0.26 probes FlashInfer's sampler at start and fails when flashinfer is not installed;
-    its PyTorch sampler is equivalent for greedy one-token scoring.
+    its PyTorch sampler is equivalent for greedy one-token scoring. Its engine core is a forked
+    process, and a fork cannot use CUDA once this process has: a caller that touched the GPU first
+    (a notebook, a script that checked the device) would get "Cannot re-initialize CUDA in forked
+    subprocess". Such a process starts the engine core with spawn instead.
     """
     if importlib.util.find_spec("flashinfer") is None:
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    method = worker_start_method(cuda_initialized_here(), os.environ)
+    if method:
+        log.info("CUDA is already in use in this process: vLLM's engine core starts with %s", method)
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
+
+
+def cuda_initialized_here() -> bool:
+    """Whether this process has created a CUDA context (without creating one to find out)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
+
+
+def worker_start_method(cuda_initialized: bool, environ) -> str | None:
+    """``spawn`` when vLLM's default fork would inherit a CUDA context; None to leave vLLM's choice
+    (fork is faster) or the user's own ``VLLM_WORKER_MULTIPROC_METHOD`` alone."""
+    if environ.get("VLLM_WORKER_MULTIPROC_METHOD"):
+        return None
+    return "spawn" if cuda_initialized else None
 
 
 def engine_kwargs(
