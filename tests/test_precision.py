@@ -357,3 +357,12 @@ def test_bench_writes_the_fp8_checkpoint_config_and_parses_sweeps(tmp_path):
         bench.parse_measure(spec, "raw,score,predict")
     with pytest.raises(SystemExit, match="choose from"):
         bench.parse_measure("vllm-int4", "raw")
+    assert bench.parse_measure("vllm-fp8ckpt:per-channel+down-proj@enforce_eager=false", "raw") == (
+        "vllm-fp8ckpt:per-channel+down-proj",
+        {"enforce_eager": False},
+        ["raw"],
+    )
+    with pytest.raises(SystemExit, match="only vllm-fp8 and vllm-fp8ckpt take a :RECIPE"):
+        bench.parse_measure("vllm-bf16:per-channel", "raw")
+    with pytest.raises(SystemExit, match="unknown part 'down'"):
+        bench.parse_measure("vllm-fp8ckpt:per-channel+down", "raw")

@@ -316,28 +316,21 @@ def parse_measure(spec: str, default_methods: str) -> tuple[str, dict, list[str]
     spec, _, methods = spec.partition("/")
     base, _, overrides = spec.partition("@")
     extra = dict(vllm_arg(item) for item in overrides.split("+") if item) if overrides else {}
-    base, _, recipe = base.partition(":")
+    name, _, recipe = base.partition(":")
+    if name not in MEASUREMENTS:
+        raise SystemExit(f"--measure {spec}: choose from {', '.join(MEASUREMENTS)}")
     if recipe:
-        if base not in ("vllm-fp8", "vllm-fp8ckpt"):
+        if name not in ("vllm-fp8", "vllm-fp8ckpt"):
             raise SystemExit(f"--measure {spec}: only vllm-fp8 and vllm-fp8ckpt take a :RECIPE")
         try:
             Fp8Recipe.parse(recipe)
         except WsdmError as error:
             raise SystemExit(f"--measure {spec}: {error}") from None
-        if base not in MEASUREMENTS:
-            raise SystemExit(f"--measure {spec}: choose from {', '.join(MEASUREMENTS)}")
-        return f"{base}:{recipe}", extra, _methods(spec, methods, default_methods)
-    if base not in MEASUREMENTS:
-        raise SystemExit(f"--measure {spec}: choose from {', '.join(MEASUREMENTS)}")
-    return base, extra, _methods(spec, methods, default_methods)
-
-
-def _methods(spec: str, methods: str, default_methods: str) -> list[str]:
     chosen = [m.strip() for m in (methods.split("+") if methods else default_methods.split(",")) if m.strip()]
     unknown = set(chosen) - {"raw", "score", "predict"}
     if unknown:
         raise SystemExit(f"--measure {spec}: unknown method(s) {', '.join(sorted(unknown))}")
-    return chosen
+    return base, extra, chosen
 
 
 def worker_vllm(args, config, name: str) -> None:

@@ -154,7 +154,7 @@ def score(plan: dict, prompts, letters, args):
     return p_a, {"engine": described, "startup_s": round(up, 1), "score_s": round(seconds, 1)}
 
 
-def measure(name: str, plan: dict, prompts, letters, table, reference, args) -> dict:
+def measure(plan: dict, prompts, letters, table, reference, args) -> dict:
     """Convert when the recipe needs a checkpoint, score, compare with the reference (or itself)."""
     from wsdm_serve.models.convert import convert_checkpoint
 
@@ -228,7 +228,7 @@ def run(args) -> dict:
                 raise SystemExit("--recipes must start with bf16: it is the reference")
             else:
                 try:
-                    result = measure(name, plan, prompts, letters, table, reference, args)
+                    result = measure(plan, prompts, letters, table, reference, args)
                 except Exception as error:  # one recipe that vLLM refuses must not cost the others
                     if reference is None:
                         raise

@@ -27,6 +27,7 @@ import importlib.util
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,8 +77,6 @@ def prepare_environment() -> None:
 
 def cuda_initialized_here() -> bool:
     """Whether this process has created a CUDA context (without creating one to find out)."""
-    import sys
-
     torch = sys.modules.get("torch")
     return bool(torch is not None and torch.cuda.is_initialized())
 
