@@ -433,11 +433,22 @@ def test_force_replaces_only_after_the_new_folder_passed(base_dir, tmp_path):
     assert failed.returncode == 2 and (existing / "keep.txt").read_text() == "old"
     done = run_cli("wsdm-serve", "-q", "convert", base_dir, "--to", "fp8", "--out", existing, "--force")
     assert done.returncode == 0, done.stderr
+    assert "note:" not in done.stderr  # -q: the agreement note is for a person reading along
     assert done.stdout.strip().splitlines()[-1] == str(existing)
     assert not (existing / "keep.txt").exists() and leftovers(tmp_path) == []
     checked = run_cli("wsdm-serve", "check-model", existing)
     assert checked.returncode == 0, checked.stdout
     assert "compressed-tensors float-quantized" in checked.stdout
+
+
+def test_fp8_conversion_says_what_fp8_was_measured_to_cost(base_dir, tmp_path):
+    from wsdm_serve.models.fp8 import MEASURED_AGREEMENT
+
+    done = run_cli("wsdm-serve", "convert", base_dir, "--to", "fp8", "--out", tmp_path / "fp8")
+    assert done.returncode == 0, done.stderr
+    assert f"convert: note: {MEASURED_AGREEMENT}" in done.stderr
+    plain = run_cli("wsdm-serve", "convert", base_dir, "--to", "bf16", "--out", tmp_path / "bf16")
+    assert plain.returncode == 0 and "note:" not in plain.stderr
 
 
 def test_fp8_options_need_to_fp8_and_already_fp8_is_refused(base_dir, tmp_path):

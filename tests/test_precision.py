@@ -314,7 +314,19 @@ def test_agreement_numbers():
         1.0,
     )
     assert result["accuracy"] == 1.0 and result["accuracy_delta"] == pytest.approx(0.2)
-    assert not result["meets_target"]
+    assert not result["meets_target"] and "labelled_agreement" not in result
+
+
+def test_agreement_counts_unlabelled_rows_for_agreement_only():
+    import numpy as np
+
+    agreement = load_tool("fp8_agreement")
+    p_ref = np.array([0.9, 0.2, 0.8, 0.3])
+    p = np.array([0.9, 0.2, 0.4, 0.3])  # the third row (unlabelled) flips
+    result = agreement.compare(p_ref, p, np.array([0, 1]), near_tie=0.05)
+    assert result["rows"] == 4 and result["flips"] == 1 and result["decision_agreement"] == 0.75
+    assert (result["labelled_agreement"], result["unlabelled_agreement"]) == (1.0, 0.5)
+    assert result["accuracy"] == 1.0 and result["accuracy_delta"] == 0.0
 
 
 def test_agreement_tool_runs_its_recipes_on_a_cpu(tiny_model_dir, tmp_path):
@@ -326,11 +338,13 @@ def test_agreement_tool_runs_its_recipes_on_a_cpu(tiny_model_dir, tmp_path):
     script = Path(__file__).parents[1] / "tools" / "fp8_agreement.py"
     recipes = "bf16,online:fp8,ckpt:per-channel+down-proj,gptq8"
     command = [sys.executable, str(script), "--model", str(tiny_model_dir), "--data", str(PANDALM_TRAIN)]
-    command += ["--rows", "6", "--engine", "hf", "--recipes", recipes, "--json", str(out)]
+    command += ["--rows", "6", "--unlabelled", str(ARENA_SAMPLE), "--engine", "hf"]
+    command += ["--recipes", recipes, "--json", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert report["rows"] == 6 and list(report["recipes"]) == recipes.split(",")
+    assert (report["rows"], report["labelled_rows"]) == (6 + 32, 6)
+    assert list(report["recipes"]) == recipes.split(",")
     assert report["recipes"]["bf16"]["decision_agreement"] == 1.0
     assert report["recipes"]["online:fp8"] == {"skipped": "needs the vllm engine"}
     assert report["recipes"]["gptq8"] == {"skipped": "needs --gptq"}

@@ -1,7 +1,7 @@
 """How faithful is each FP8 recipe to bf16 on a real judge? One process, one GPU, a few minutes.
 
-The rows of a labelled table (``id, prompt, response_a, response_b, winner``; ties left out) are
-prompted once by a :class:`~wsdm_serve.predict.Judge` (the package's truncation and prompt), then
+The rows of a labelled table (``id, prompt, response_a, response_b, winner``; ties left out), and
+optionally of an unlabelled one (``--unlabelled``: counted for agreement, not accuracy), are prompted once by a :class:`~wsdm_serve.predict.Judge` (the package's truncation and prompt), then
 scored, forward order, by the vllm engine once per recipe: bf16 first (the reference), then
 
   online:fp8                  vLLM's own online FP8 (``quantization="fp8"``: one scale per weight
@@ -20,7 +20,7 @@ target: >= 98.5% agreement and accuracy within 0.5 points. Results are printed a
 and written (atomically) to --json after each one, so a run cut short keeps what it measured.
 
     PYTHONPATH=/tmp/site:$PWD python tools/fp8_agreement.py --model BF16_DIR --data held_out.parquet \\
-        [--gptq GPTQ_DIR] --json fp8_agreement.json
+        [--unlabelled more_rows.parquet] [--gptq GPTQ_DIR] --json fp8_agreement.json
 
 ``--engine hf`` runs the bf16 reference and the checkpoint recipes with the transformers engine
 (weights decompressed, activations not quantized): a check of the tool on a CPU, not of FP8.
@@ -56,7 +56,10 @@ TARGET_ACCURACY_DELTA = 0.005
 
 
 def compare(p_ref, p, labels, near_tie: float) -> dict:
-    """Agreement of ``p`` (P(A) per row) with the reference ``p_ref``, and accuracy on ``labels``."""
+    """Agreement of ``p`` (P(A) per row) with the reference ``p_ref``, and accuracy on ``labels``.
+
+    ``labels`` may cover only the first rows (the --data table): the rows after them (--unlabelled)
+    count towards agreement, not accuracy, and both parts' agreement is reported."""
     import numpy as np
 
     from wsdm_serve.metrics import accuracy, picks_a
@@ -65,7 +68,8 @@ def compare(p_ref, p, labels, near_tie: float) -> dict:
     same = picks_a(p) == picks_a(p_ref)
     diff = np.abs(p - p_ref)
     near = np.abs(p_ref - 0.5) < near_tie
-    acc, acc_ref = accuracy(p, labels), accuracy(p_ref, labels)
+    labelled = len(labels)
+    acc, acc_ref = accuracy(p[:labelled], labels), accuracy(p_ref[:labelled], labels)
     result = {
         "rows": len(p),
         "decision_agreement": float(same.mean()),
@@ -80,6 +84,9 @@ def compare(p_ref, p, labels, near_tie: float) -> dict:
         "other_rows_agreement": float(same[~near].mean()) if (~near).any() else None,
         "flips_near_tie": int((~same & near).sum()),
     }
+    if labelled < len(p):
+        result["labelled_agreement"] = float(same[:labelled].mean())
+        result["unlabelled_agreement"] = float(same[labelled:].mean())
     result["meets_target"] = bool(
         result["decision_agreement"] >= TARGET_AGREEMENT
         and abs(result["accuracy_delta"]) <= TARGET_ACCURACY_DELTA
@@ -171,6 +178,19 @@ def measure(plan: dict, prompts, letters, table, reference, args) -> dict:
     return {**result, "p_a": p_a}
 
 
+def joined(first, second):
+    """One set of rows from two tables (ids need not be unique across them: only order matters)."""
+    from wsdm_serve.data import ArenaRows
+
+    return ArenaRows(
+        ids=[*first.ids, *second.ids],
+        prompts=[*first.prompts, *second.prompts],
+        responses_a=[*first.responses_a, *second.responses_a],
+        responses_b=[*first.responses_b, *second.responses_b],
+        null_text_cells=first.null_text_cells + second.null_text_cells,
+    )
+
+
 def print_row(name: str, result: dict) -> None:
     for key in ("skipped", "failed"):
         if key in result:
@@ -190,7 +210,7 @@ def print_row(name: str, result: dict) -> None:
 def run(args) -> dict:
     import numpy as np
 
-    from wsdm_serve.data import arena_rows_from_frame
+    from wsdm_serve.data import arena_rows_from_frame, read_table
     from wsdm_serve.evaluate import load_labelled
     from wsdm_serve.outputs import atomic_write
     from wsdm_serve.predict import Judge, PredictConfig
@@ -198,16 +218,19 @@ def run(args) -> dict:
     started = time.time()
     table = load_labelled(args.data, args.rows)
     rows = arena_rows_from_frame(table.frame, args.data)
+    if args.unlabelled:
+        rows = joined(rows, arena_rows_from_frame(read_table(args.unlabelled), args.unlabelled))
     with Judge(PredictConfig(model=Path(args.model), tta="none", progress=False)) as judge:
         prompts = judge.prompts(rows)  # the package's truncation and judge prompt, forward order
         letters = judge.letters
     tokens = int(prompts.n_tokens.sum())
     print(
-        f"{len(rows)} rows ({table.ties} ties left out), {tokens:,} tokens, longest {prompts.longest}; "
+        f"{len(rows)} rows ({len(table.labels)} labelled, {table.ties} ties left out), {tokens:,} tokens, longest {prompts.longest}; "
         f"prompted in {time.time() - started:.1f} s",
         flush=True,
     )
     report = {"model": str(args.model), "gptq": args.gptq, "data": str(args.data), "rows": len(rows)}
+    report.update(labelled_rows=len(table.labels), unlabelled=args.unlabelled)
     report.update(tokens=tokens, near_tie=args.near_tie, engine=args.engine, recipes={})
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="wsdm-fp8-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -277,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="an 8-bit GPTQ or compressed-tensors checkpoint of the same judge (optional)",
     )
     parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated, bf16 first")
+    parser.add_argument(
+        "--unlabelled",
+        default=None,
+        help="a second table (id, prompt, response_a, response_b) scored for agreement only",
+    )
     parser.add_argument("--rows", type=int, default=None, help="only the first N rows of --data")
     parser.add_argument(
         "--near-tie", type=float, default=0.05, help="|P_bf16(A) - 0.5| below this is a near tie"

@@ -61,7 +61,7 @@ def convert(ctx, source, target, out, keep_bf16, weight_scales, max_shard_size, 
     from dataclasses import replace
 
     from ..models.convert import convert_checkpoint
-    from ..models.fp8 import DEFAULT_RECIPE, keep_recipe
+    from ..models.fp8 import DEFAULT_RECIPE, MEASURED_AGREEMENT, keep_recipe
 
     if target != "fp8" and (keep_bf16 is not None or weight_scales is not None):
         raise WsdmError("--keep-bf16 and --weight-scales apply to --to fp8 only")
@@ -78,4 +78,6 @@ def convert(ctx, source, target, out, keep_bf16, weight_scales, max_shard_size, 
         max_shard_bytes=parse_size(max_shard_size),
     )
     click.echo(f"convert: {result.summary()}", err=True)
+    if target == "fp8" and not ctx.obj["quiet"]:
+        click.echo(f"convert: note: {MEASURED_AGREEMENT}", err=True)
     click.echo(str(result.out))

@@ -250,7 +250,7 @@ def plan_engine(
     if not vllm_installed():
         raise WsdmError(VLLM_MISSING)
     config = read_model_config(model_dir)
-    from ..models.fp8 import DEFAULT_RECIPE
+    from ..models.fp8 import DEFAULT_RECIPE, MEASURED_AGREEMENT
     from ..models.precision import check_model_precision, vllm_arguments
 
     check_model_precision(model_dir, config, precision)
@@ -258,6 +258,7 @@ def plan_engine(
     precision_args = vllm_arguments(config, precision, recipe)
     if precision == "fp8":
         log.info("precision fp8: %s", recipe.describe())
+        log.warning("precision fp8: %s", MEASURED_AGREEMENT)
     visible = detect_gpus()
     if not visible:
         raise WsdmError("no CUDA GPU is visible; the vllm engine needs one (use --engine hf on a CPU)")
