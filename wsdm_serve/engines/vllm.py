@@ -251,14 +251,15 @@ def plan_engine(
         raise WsdmError(VLLM_MISSING)
     config = read_model_config(model_dir)
     from ..models.fp8 import DEFAULT_RECIPE, MEASURED_AGREEMENT
-    from ..models.precision import check_model_precision, vllm_arguments
+    from ..models.precision import check_model_precision, checkpoint_kind, vllm_arguments
 
     check_model_precision(model_dir, config, precision)
     recipe = fp8_recipe or DEFAULT_RECIPE
     precision_args = vllm_arguments(config, precision, recipe)
     if precision == "fp8":
         log.info("precision fp8: %s", recipe.describe())
-        log.warning("precision fp8: %s", MEASURED_AGREEMENT)
+    if precision == "fp8" or checkpoint_kind(config) == "fp8":
+        log.warning("FP8: %s", MEASURED_AGREEMENT)
     visible = detect_gpus()
     if not visible:
         raise WsdmError("no CUDA GPU is visible; the vllm engine needs one (use --engine hf on a CPU)")
