@@ -297,6 +297,11 @@ def test_cli_quantize_runs_verifies_and_resumes(base_dir, calibration_file, tmp_
     assert again.returncode == 0 and "nothing to do" in again.stderr
     other = run_cli("wsdm-train", *args, "--calibration-samples", "5")
     assert other.returncode == 2 and "pass --force" in other.stderr
+    assert "Calibrating" in result.stderr  # the libraries' bars, shown without -q ...
+    quiet = run_cli("wsdm-train", "-q", *args, "--calibration-samples", "5", "--force")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "it/s" not in quiet.stderr and "%|" not in quiet.stderr, quiet.stderr[:2000]  # ... hidden with it
+    assert "calibrated on 5 prompts" in quiet.stderr
 
 
 def test_quantize_refuses_to_write_over_its_input(base_dir, calibration_file):

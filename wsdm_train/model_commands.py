@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from wsdm_serve.cli.options import user_errors
+from wsdm_serve.cli.options import library_bars_hidden, user_errors
 
-from .options import config_options, load
+from .options import config_options, load, quiet_requested
 
 DTYPES = ["auto", "bfloat16", "float16", "float32"]
 
@@ -111,6 +111,8 @@ def merge(
     A re-run with the same adapters, base and settings does nothing.
     """
     from .config import with_values
+
+    quiet_requested(False)  # -q: the libraries' own bars hidden too (set before they are imported)
     from .merge import merge_from_config
 
     config = with_values(
@@ -238,6 +240,7 @@ def quantize(
     Needs llm-compressor (pip install 'wsdm[quantize]'), in an environment without vLLM.
     Runs on a GPU when one is visible, layer by layer; on CPU for small models.
     """
+    quiet = quiet_requested(False)  # -q: the libraries' own bars hidden too (before they are imported)
     from .config import with_values
     from .quantize import quantize_from_config
 
@@ -260,7 +263,8 @@ def quantize(
             "quantize.max_shard_size": max_shard_size,
         },
     )
-    result = quantize_from_config(config, force=force)
+    with library_bars_hidden(quiet):
+        result = quantize_from_config(config, force=force)
     click.echo(f"quantize: {result.summary()}", err=True)
 
 
