@@ -8,7 +8,6 @@ and an FP8-capable GPU is visible.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ARENA_SAMPLE, PANDALM_TRAIN, TOKENIZER_DIR, console_script, run_cli
+from tests.conftest import ARENA_SAMPLE, PANDALM_TRAIN, TOKENIZER_DIR, run_cli, run_cli_loud
 from tests.test_gpu_plan import A100_40X3, GPTQ8, H100, L4X4, QWEN25_14B, QWEN25_14B_GPTQ8, T4X2
 from wsdm_serve.engines.gpu_plan import GIB, estimate_weight_bytes, plan_gpus
 from wsdm_serve.engines.select import EngineOptions, check_options
@@ -231,10 +230,7 @@ def test_quiet_hides_the_libraries_loading_bars(tiny_model_dir, tmp_path):
     quiet = run_cli("wsdm-serve", "-q", *args)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr.strip().splitlines() == [quiet.stderr.strip()] and "predict: 2 rows" in quiet.stderr
-    # A `-q` run inside this test process (CliRunner) leaves its variables set: clear them.
-    clean = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
-    command = [console_script("wsdm-serve"), *map(str, args)]
-    loud = subprocess.run(command, capture_output=True, text=True, env=clean, timeout=600)
+    loud = run_cli_loud("wsdm-serve", *args)
     assert "Loading weights" in loud.stderr
     assert "Decompressing model" in loud.stderr
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import ARENA_SAMPLE, PANDALM_TRAIN, TOKENIZER_DIR, run_cli
+from tests.conftest import ARENA_SAMPLE, PANDALM_TRAIN, TOKENIZER_DIR, run_cli, run_cli_loud
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.quantization import QuantSpec, verify_quantized_checkpoint
 
@@ -286,7 +286,9 @@ def test_verifier_accepts_gptq_v1_and_catches_v2_zero_points(gptq_dir, tmp_path)
 def test_cli_quantize_runs_verifies_and_resumes(base_dir, calibration_file, tmp_path):
     out = tmp_path / "final_model"
     args = ["quantize", "--model", base_dir, "--calibration", calibration_file, "--out", out]
-    result = run_cli("wsdm-train", *args, "--calibration-samples", "4", "--max-calibration-tokens", "256")
+    result = run_cli_loud(
+        "wsdm-train", *args, "--calibration-samples", "4", "--max-calibration-tokens", "256"
+    )
     assert result.returncode == 0, result.stderr
     assert "compressed-tensors (pack-quantized), 8-bit, group 128, symmetric, no act-order" in result.stderr
     assert "calibrated on 4 prompts" in result.stderr

@@ -6,9 +6,7 @@ editing another command's module.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import logging
 import sys
 from pathlib import Path
@@ -49,22 +47,6 @@ def hide_library_progress_bars() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-
-
-@contextlib.contextmanager
-def library_bars_hidden(quiet: bool):
-    """With ``quiet``, what libraries write to ``sys.stderr`` inside the block is dropped.
-
-    For the bars that no variable reaches: compressed-tensors passes ``disable=`` to tqdm itself,
-    which wins over ``TQDM_DISABLE``. tqdm looks ``sys.stderr`` up when a bar starts, so the bars
-    go; the logging handlers were made before and keep the real stderr, so errors still show, and an
-    exception leaves the block (and the redirect) before it is printed.
-    """
-    if not quiet:
-        yield
-        return
-    with contextlib.redirect_stderr(io.StringIO()):
-        yield
 
 
 def user_errors(command):

@@ -8,9 +8,6 @@ attention means real tokens never see padding, so the default positions are exac
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import numpy as np
 
 from ..errors import WsdmError
 from ..quantization import hf_loading_overrides
+from ..quiet import library_bars_hidden
 from .base import ProgressCallback, ScoringEngine, length_sorted_batches
 from .gpu_plan import read_model_config
 
@@ -76,11 +74,8 @@ class HFEngine(ScoringEngine):
         )
         quantization = read_quantization(self.model_dir)
         overrides = hf_loading_overrides(quantization)
-        # compressed-tensors draws its own bars with an explicit disable=False, which the variable
-        # `wsdm-serve -q` sets (TQDM_DISABLE) cannot reach: hold them back while loading.
-        quiet = os.environ.get("TQDM_DISABLE") == "1"
         try:
-            with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+            with library_bars_hidden():  # compressed-tensors' decompression bars, under -q
                 # device_map puts the weights straight onto the GPU instead of staging 28 GB in host memory
                 model = AutoModelForCausalLM.from_pretrained(
                     self.model_dir,
