@@ -63,12 +63,11 @@ def run_cli(
     )
 
 
-QUIET_VARIABLES = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
-
-
 def run_cli_loud(name: str, *args: str | Path) -> subprocess.CompletedProcess:
     """``run_cli`` without the variables a ``-q`` run inside this test process (CliRunner) leaves set,
     for tests that check that progress bars do show without ``-q``."""
+    from wsdm_serve.quiet import QUIET_VARIABLES
+
     clean = {key: value for key, value in os.environ.items() if key not in QUIET_VARIABLES}
     command = [console_script(name), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, env=clean, timeout=600)

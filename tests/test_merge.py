@@ -235,10 +235,8 @@ def test_cli_merge_delta_and_bad_input_exit_codes(base_dir, fold_adapters, tmp_p
     assert "2 fold adapter(s) merged (delta mode)" in result.stderr
     assert (out / "config.json").exists() and (tmp_path / "m_adapter" / ADAPTER_WEIGHTS).exists()
     quiet = run_cli("wsdm-train", "-q", *[a if a != out else tmp_path / "q" for a in args])
-    assert quiet.returncode == 0 and "%|" not in quiet.stderr, quiet.stderr  # no library bars with -q ...
-    loud = run_cli_loud(
-        "wsdm-train", *[tmp_path / "loud" if a == out else a for a in args]
-    )  # ... shown without
+    assert quiet.returncode == 0 and "%|" not in quiet.stderr, quiet.stderr  # no library bars with -q,
+    loud = run_cli_loud("wsdm-train", *[tmp_path / "loud" if a == out else a for a in args])  # but without
     assert loud.returncode == 0 and "Writing model shards" in loud.stderr, loud.stderr
     again = run_cli("wsdm-train", *args)
     assert again.returncode == 0 and "already merged" in again.stderr

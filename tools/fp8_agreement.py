@@ -1,7 +1,8 @@
 """How faithful is each FP8 recipe to bf16 on a real judge? One process, one GPU, a few minutes.
 
 The rows of a labelled table (``id, prompt, response_a, response_b, winner``; ties left out), and
-optionally of an unlabelled one (``--unlabelled``: counted for agreement, not accuracy), are prompted once by a :class:`~wsdm_serve.predict.Judge` (the package's truncation and prompt), then
+optionally of an unlabelled one (``--unlabelled``: counted for agreement, not accuracy), are
+prompted once by a :class:`~wsdm_serve.predict.Judge` (the package's truncation and prompt), then
 scored, forward order, by the vllm engine once per recipe: bf16 first (the reference), then
 
   online:fp8                  vLLM's own online FP8 (``quantization="fp8"``: one scale per weight
@@ -225,8 +226,8 @@ def run(args) -> dict:
         letters = judge.letters
     tokens = int(prompts.n_tokens.sum())
     print(
-        f"{len(rows)} rows ({len(table.labels)} labelled, {table.ties} ties left out), {tokens:,} tokens, longest {prompts.longest}; "
-        f"prompted in {time.time() - started:.1f} s",
+        f"{len(rows)} rows ({len(table.labels)} labelled, {table.ties} ties left out), {tokens:,} tokens, "
+        f"longest {prompts.longest}; prompted in {time.time() - started:.1f} s",
         flush=True,
     )
     report = {"model": str(args.model), "gptq": args.gptq, "data": str(args.data), "rows": len(rows)}

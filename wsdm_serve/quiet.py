@@ -1,9 +1,10 @@
-"""``-q`` for the progress bars that no environment variable reaches.
+"""``-q`` for the progress bars libraries draw themselves (transformers, huggingface_hub, vLLM's
+loaders, llm-compressor, compressed-tensors), in this process and in the engine processes it starts.
 
-`hide_library_progress_bars` (cli/options.py) sets ``TQDM_DISABLE`` and
-``HF_HUB_DISABLE_PROGRESS_BARS``, which most bars honour. compressed-tensors passes ``disable=`` to
-tqdm itself, which wins over the variable; the only way to keep its bars off a quiet run is to drop
-what is written to ``sys.stderr`` while it works.
+Most bars honour two environment variables, which :func:`hide_library_progress_bars` sets.
+compressed-tensors passes ``disable=`` to tqdm itself, which wins over the variable; the only way to
+keep its bars off a quiet run is to drop what is written to ``sys.stderr`` while it works
+(:func:`library_bars_hidden`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,28 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 from collections.abc import Iterator
+
+QUIET_VARIABLES = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
+
+
+def hide_library_progress_bars() -> None:
+    """Set the variables for this process and its children.
+
+    tqdm and huggingface_hub read them when they are imported, which for a command is after this
+    runs; transformers is told directly in case something imported it already.
+    """
+    for name in QUIET_VARIABLES:
+        os.environ[name] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def quiet_run() -> bool:
-    """Whether this process runs under ``-q`` (the variable it sets is inherited by engine processes)."""
+    """Whether this process runs under ``-q`` (the variables are inherited by engine processes)."""
     return os.environ.get("TQDM_DISABLE") == "1"
 
 

@@ -111,9 +111,8 @@ def merge(
 
     A re-run with the same adapters, base and settings does nothing.
     """
+    quiet_requested(False)  # -q: the libraries' own bars hidden too (before they are imported)
     from .config import with_values
-
-    quiet_requested(False)  # -q: the libraries' own bars hidden too (set before they are imported)
     from .merge import merge_from_config
 
     config = with_values(

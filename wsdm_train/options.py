@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from wsdm_serve.cli.options import hide_library_progress_bars
+from wsdm_serve.quiet import hide_library_progress_bars
 
 CONFIG_HELP = "Preset name (reference, tiny) or a YAML file (which may start with `base: reference`)."
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import EXIT_USAGE, WsdmError
+from ..quiet import hide_library_progress_bars
 from ..textnorm import NORMALIZATIONS
 
 DEFAULT_MODEL = Path("model_save/final_model")
@@ -30,23 +31,6 @@ def setup_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if quiet:
         hide_library_progress_bars()
-
-
-def hide_library_progress_bars() -> None:
-    """``-q`` also hides the bars libraries draw themselves (transformers' "Loading weights",
-    compressed-tensors' "Decompressing model", vLLM's loaders), here and in engine processes.
-
-    tqdm and huggingface_hub read these variables when they are imported, which for a command is
-    after this runs; transformers is told directly in case something imported it already.
-    """
-    import os
-
-    os.environ["TQDM_DISABLE"] = "1"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
 
 
 def user_errors(command):
