@@ -12,13 +12,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import ARENA_SAMPLE, run_cli
 
-from wsdm_serve.checkmodel import (
-    check_files,
-    check_model,
-    estimate_parameters,
-    preflight,
-    read_safetensors_header,
-)
+from wsdm_serve.checkmodel import check_files, check_model, preflight
+from wsdm_serve.checkmodel.weights import estimate_parameters, read_safetensors_header
 from wsdm_serve.errors import WsdmError
 
 

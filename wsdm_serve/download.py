@@ -26,7 +26,8 @@ from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
-from .checkmodel import ModelReport, check_model
+from .checkmodel import check_model
+from .checkmodel.report import ModelReport
 from .errors import WsdmError
 from .outputs import replace_directory
 

@@ -15,11 +15,11 @@ check reads the weights' headers (and, for GPTQ, one zero-point tensor) as well 
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkmodel.weights import weight_files
 from .engines.gpu_plan import read_model_config
 from .errors import WsdmError
 
@@ -64,30 +64,12 @@ class QuantizedCheckpoint:
 # --------------------------------------------------------------------------- safetensors headers
 
 
-def _weight_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise WsdmError(f"{index}: not a valid safetensors index ({exc})") from exc
-        files = sorted({model_dir / name for name in weight_map.values()})
-        for path in files:
-            if not path.exists():
-                raise WsdmError(f"{index}: lists {path.name}, which is missing")
-        return files
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise WsdmError(f"{model_dir}: no .safetensors weights")
-    return files
-
-
 def read_tensor_headers(model_dir: str | Path) -> dict[str, tuple[str, tuple[int, ...], Path]]:
     """name -> (dtype, shape, file) for every tensor, from the headers only (no weights are read)."""
     from safetensors import safe_open
 
     headers: dict[str, tuple[str, tuple[int, ...], Path]] = {}
-    for path in _weight_files(Path(model_dir)):
+    for path in weight_files(Path(model_dir)):
         try:
             with safe_open(str(path), framework="numpy") as handle:
                 for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict

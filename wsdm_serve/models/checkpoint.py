@@ -9,11 +9,10 @@ model never holds more than one output shard in memory.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkmodel import BIN_INDEX, SAFETENSORS_INDEX, read_safetensors_header
+from ..checkmodel.weights import read_safetensors_header, weight_files
 from ..errors import WsdmError
 
 KINDS = ("full", "gptq", "ct-int", "ct-fp8")
@@ -192,27 +191,3 @@ class ShardedTensors:
 
     def close(self) -> None:
         self._handles.clear()
-
-
-def weight_files(model_dir: Path) -> list[Path]:
-    """The safetensors shards of a folder (from its index when there is one)."""
-    index = model_dir / SAFETENSORS_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise WsdmError(f"{index}: not a valid safetensors index ({exc})") from None
-        files = [model_dir / name for name in names]
-        missing = [path.name for path in files if not path.is_file()]
-        if missing:
-            raise WsdmError(
-                f"{index}: lists {missing[0]}, which is missing ({len(missing)} shard(s) missing)"
-            )
-        return files
-    files = sorted(model_dir.glob("*.safetensors"))
-    if files:
-        return files
-    if (model_dir / BIN_INDEX).is_file() or list(model_dir.glob("pytorch_model*.bin")):
-        raise WsdmError(f"{model_dir}: the weights are pytorch .bin files; convert reads safetensors weights")
-    raise WsdmError(f"{model_dir}: no .safetensors weights; not a model folder")

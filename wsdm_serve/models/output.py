@@ -14,7 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..checkmodel import BIN_INDEX, SAFETENSORS_INDEX, check_files
+from ..checkmodel import check_files
+from ..checkmodel.weights import BIN_INDEX, SAFETENSORS_INDEX
 from ..engines.gpu_plan import read_model_config
 from ..errors import WsdmError
 from .checkpoint import ShardedTensors, SourceFormat
