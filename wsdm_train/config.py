@@ -130,6 +130,17 @@ class TinyModelSpec:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class LoadSettings:
+    """How a base model is loaded for training or scoring."""
+
+    load_in_4bit: bool = False
+    dtype: str = "auto"  # auto: bf16 on CUDA, float32 on CPU
+    gradient_checkpointing: bool = True
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     """A base model: where it is, its tokenizer, and how it is loaded for training.
@@ -156,9 +167,7 @@ class ModelConfig:
     def tokenizer_dir(self) -> str:
         return self.tokenizer or self.model or ""
 
-    def load_settings(self):
-        from .modeling import LoadSettings
-
+    def load_settings(self) -> LoadSettings:
         return LoadSettings(
             load_in_4bit=self.load_in_4bit,
             dtype=self.dtype,

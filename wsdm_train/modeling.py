@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from wsdm_serve.errors import WsdmError
 
-from .config import DISTILL_MODES, LoraSettings
+from .config import DISTILL_MODES, LoadSettings, LoraSettings
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -151,17 +150,6 @@ class LetterHead(torch.nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Loading for training
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadSettings:
-    """How a base model is loaded for training or scoring."""
-
-    load_in_4bit: bool = False
-    dtype: str = "auto"  # auto: bf16 on CUDA, float32 on CPU
-    gradient_checkpointing: bool = True
-    trust_remote_code: bool = False
-    attn_implementation: str | None = None
 
 
 def resolve_train_dtype(dtype: str, device: str):

@@ -26,13 +26,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import WsdmError
 from .base import ScoringEngine
-from .select import EngineOptions, choose_engine, create_engine
 
 log = logging.getLogger(__name__)
 
@@ -274,30 +271,3 @@ class BatchingOptions:
     def given(self) -> list[str]:
         flags = {"--batch-window-ms": self.window_ms, "--batch-window-tokens": self.window_tokens}
         return [flag for flag, value in flags.items() if value is not None]
-
-
-def create_async_engine(
-    model_dir: Path,
-    letter_ids: tuple[int, int],
-    longest_prompt: int,
-    options: EngineOptions,
-    trust_remote_code: bool = False,
-    batching: BatchingOptions | None = None,
-) -> AsyncScoringEngine:
-    """The server's engine for the options predict takes (nothing is loaded until ``start``)."""
-    batching = batching or BatchingOptions()
-    if choose_engine(options) == "vllm":
-        if batching.given():
-            raise WsdmError(
-                f"{', '.join(batching.given())}: only the hf engine takes this; the vllm engine "
-                "batches continuously"
-            )
-        from .vllm_async import VLLMAsyncEngine
-
-        return VLLMAsyncEngine(model_dir, letter_ids, longest_prompt, options, trust_remote_code)
-    window_ms = BatchingOptions.DEFAULT_WINDOW_MS if batching.window_ms is None else batching.window_ms
-    return BatchingEngine(
-        lambda: create_engine(model_dir, letter_ids, longest_prompt, options, trust_remote_code),
-        window_s=window_ms / 1000,
-        max_tokens=batching.window_tokens,
-    )

@@ -65,7 +65,7 @@ class JudgeService:
         ``make_engine(letter_ids, longest_prompt)``, when given, makes the engine instead of the
         engine options (tests wrap the transformers engine; the benchmark keeps a handle on vLLM's).
         """
-        from ..engines.asynchronous import create_async_engine
+        from ..engines.async_select import create_async_engine
         from ..engines.select import check_options
 
         check_options(config.engine)
