@@ -11,21 +11,23 @@ import pytest
 from wsdm_serve.engines.gpu_plan import (
     GIB,
     GpuInfo,
-    checkpoint_bytes,
     choose_dtype,
     choose_max_model_len,
     choose_tensor_parallel,
     detect_gpus,
-    estimate_weight_bytes,
-    kv_bytes_per_token,
     parse_gpu_list,
     parse_probe_output,
     physical_device_ids,
     plan_gpus,
-    quantization_bits,
-    read_model_config,
     split_balanced,
     tensor_parallel_sizes,
+)
+from wsdm_serve.engines.model_shape import (
+    checkpoint_bytes,
+    estimate_weight_bytes,
+    kv_bytes_per_token,
+    quantization_bits,
+    read_model_config,
 )
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.tiny import QWEN25_14B_SHAPE

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkmodel.weights import weight_files
-from .engines.gpu_plan import read_model_config
+from .engines.model_shape import read_model_config
 from .errors import WsdmError
 
 WEIGHT_FORMATS = ("compressed-tensors", "gptq")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsdm_serve.data import read_table
-from wsdm_serve.engines.gpu_plan import read_model_config
+from wsdm_serve.engines.model_shape import read_model_config
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_directory
 from wsdm_serve.quantization import verify_quantized_checkpoint

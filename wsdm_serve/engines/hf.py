@@ -17,7 +17,7 @@ from ..errors import WsdmError
 from ..quantization import hf_loading_overrides
 from ..quiet import library_bars_hidden
 from .base import ProgressCallback, ScoringEngine, length_sorted_batches
-from .gpu_plan import read_model_config
+from .model_shape import read_model_config
 
 DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
 DTYPES = ("auto", "bfloat16", "float16", "float32")

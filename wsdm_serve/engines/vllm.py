@@ -36,14 +36,8 @@ import numpy as np
 
 from ..errors import WsdmError
 from .base import ProgressCallback, ScoringEngine
-from .gpu_plan import (
-    GpuPlan,
-    checkpoint_bytes,
-    detect_gpus,
-    physical_device_ids,
-    plan_gpus,
-    read_model_config,
-)
+from .gpu_plan import GpuPlan, detect_gpus, physical_device_ids, plan_gpus
+from .model_shape import checkpoint_bytes, read_model_config
 from .pool import EnginePool, WorkerSpec, one_line
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engines.gpu_plan import read_model_config, text_config
+from ..engines.model_shape import read_model_config, text_config
 from ..errors import WsdmError
 from ..outputs import atomic_directory
 from .checkpoint import ShardedTensors, SourceFormat, read_source_format

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..checkmodel import check_files
 from ..checkmodel.weights import BIN_INDEX, SAFETENSORS_INDEX
-from ..engines.gpu_plan import read_model_config
+from ..engines.model_shape import read_model_config
 from ..errors import WsdmError
 from .checkpoint import ShardedTensors, SourceFormat
 from .dequantize import conversion_units, module_shape
