@@ -287,7 +287,7 @@ def test_all_refuses_to_start_without_llm_compressor(tmp_path, monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        pipeline.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "llmcompressor" else real(name, *a),
     )
