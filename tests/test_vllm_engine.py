@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import ARENA_SAMPLE, TOKENIZER_DIR, run_cli
 from wsdm_serve.engines.select import EngineOptions, create_engine
-from wsdm_serve.engines.vllm import VLLM_MISSING, engine_kwargs, letter_logprobs, sampling_kwargs
+from wsdm_serve.engines.vllm_setup import VLLM_MISSING, engine_kwargs, letter_logprobs, sampling_kwargs
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.tta import softmax2
 
@@ -349,7 +349,7 @@ def test_gpu_tools_start_without_a_gpu(tool):
 
 def test_engine_core_is_spawned_only_where_a_fork_would_inherit_cuda(monkeypatch):
     """vLLM forks its engine core; a process that already holds a CUDA context must spawn it."""
-    from wsdm_serve.engines.vllm import cuda_initialized_here, prepare_environment, worker_start_method
+    from wsdm_serve.engines.vllm_setup import cuda_initialized_here, prepare_environment, worker_start_method
 
     assert worker_start_method(True, {}) == "spawn"
     assert worker_start_method(False, {}) is None

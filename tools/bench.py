@@ -337,7 +337,8 @@ def worker_vllm(args, config, name: str) -> None:
     import numpy as np
     import vllm
 
-    from wsdm_serve.engines.vllm import VLLMEngine, letter_logprobs
+    from wsdm_serve.engines.vllm import VLLMEngine
+    from wsdm_serve.engines.vllm_setup import letter_logprobs
     from wsdm_serve.predict import Judge
     from wsdm_serve.prompt import letter_token_ids
     from wsdm_serve.tokenizer import load_tokenizer

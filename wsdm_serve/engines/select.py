@@ -59,7 +59,7 @@ def vllm_usable() -> bool:
     before the vllm engine has chosen its GPUs.
     """
     from .gpu_plan import detect_gpus
-    from .vllm import vllm_installed
+    from .vllm_setup import vllm_installed
 
     if not vllm_installed() or not detect_gpus():
         return False
@@ -119,7 +119,7 @@ def check_options(options: EngineOptions, model_dir: Path | None = None) -> None
                 f"{', '.join(options.hf_only())}: only the hf engine takes this; "
                 "the vllm engine chooses GPUs with --gpus"
             )
-        from .vllm import VLLM_MISSING, vllm_installed
+        from .vllm_setup import VLLM_MISSING, vllm_installed
 
         if not vllm_installed():
             raise WsdmError(VLLM_MISSING)

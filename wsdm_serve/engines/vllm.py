@@ -1,13 +1,5 @@
-"""The vLLM engine: GPTQ or bf16/fp16 checkpoints, tensor parallel within a GPU group, data parallel
-across groups.
-
-Scoring is one generated token per prompt: ``max_tokens=1``, greedy, ``allowed_token_ids=[A, B]``,
-``logprobs=2``, with the engine created with ``logprobs_mode="processed_logprobs"``. vLLM's default
-(raw) log-probabilities are taken before the allowed-token mask, so the letter that was not sampled
-can be missing from the top-k; processed ones are taken after it, where only A and B are finite, so
-both letters always come back. At temperature 0 no temperature, penalty or top-k/top-p touches them,
-and the two values are the 2-way log-softmax of the raw A/B logits: logits up to a per-row constant,
-which the pipeline's 2-way softmax removes.
+"""The offline vLLM engine: GPTQ, FP8 or bf16/fp16 checkpoints, tensor parallel within a GPU group,
+data parallel across groups.
 
 Prompts are queued with ``LLM.enqueue`` as they arrive and collected by stepping the engine, the
 loop ``LLM.generate`` runs inside: the engine core (its own process) starts on the first chunk while
@@ -17,17 +9,17 @@ versions; see docs/vllm.md.)
 
 Nothing here imports vLLM or torch at module level: the CLI's ``--help`` stays instant and machines
 without vLLM get one line telling them how to install it.
+
+How a prompt is scored (one token, the two letters' processed log-probabilities) and how the
+engine is planned and configured is shared with the server's engine: :mod:`.vllm_setup`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.util
 import logging
-import math
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,270 +28,14 @@ import numpy as np
 
 from ..errors import WsdmError
 from .base import ProgressCallback, ScoringEngine
-from .gpu_plan import GpuPlan, detect_gpus, physical_device_ids, plan_gpus
-from .model_shape import checkpoint_bytes, read_model_config
+from .gpu_plan import physical_device_ids
 from .pool import EnginePool, WorkerSpec, one_line
+from .vllm_setup import check_prompt_lengths, letter_logprobs, plan_engine, scorer_arguments, scoring_setup
 
 if TYPE_CHECKING:
     from ..models.fp8 import Fp8Recipe
 
 log = logging.getLogger(__name__)
-
-VLLM_MISSING = "vLLM is not installed: pip install 'wsdm[vllm]' (needs a CUDA GPU)"
-
-
-def vllm_installed() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
-def prepare_environment() -> None:
-    """Environment vLLM needs before it starts its engine from this process.
-
-    vLLM 0.26 probes FlashInfer's sampler at start and fails when flashinfer is not installed;
-    its PyTorch sampler is equivalent for greedy one-token scoring. Its engine core is a forked
-    process, and a fork cannot use CUDA once this process has: a caller that touched the GPU first
-    (a notebook, a script that checked the device) would get "Cannot re-initialize CUDA in forked
-    subprocess". Such a process starts the engine core with spawn instead.
-    """
-    if importlib.util.find_spec("flashinfer") is None:
-        os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
-    method = worker_start_method(cuda_initialized_here(), os.environ)
-    if method:
-        log.info("CUDA is already in use in this process: vLLM's engine core starts with %s", method)
-        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
-
-
-def cuda_initialized_here() -> bool:
-    """Whether this process has created a CUDA context (without creating one to find out)."""
-    torch = sys.modules.get("torch")
-    return bool(torch is not None and torch.cuda.is_initialized())
-
-
-def worker_start_method(cuda_initialized: bool, environ) -> str | None:
-    """``spawn`` when vLLM's default fork would inherit a CUDA context; None to leave vLLM's choice
-    (fork is faster) or the user's own ``VLLM_WORKER_MULTIPROC_METHOD`` alone."""
-    if environ.get("VLLM_WORKER_MULTIPROC_METHOD"):
-        return None
-    return "spawn" if cuda_initialized else None
-
-
-def engine_kwargs(
-    model_dir: str | Path,
-    *,
-    tensor_parallel: int,
-    dtype: str,
-    max_model_len: int,
-    gpu_memory_utilization: float,
-    enforce_eager: bool,
-    trust_remote_code: bool,
-    load_format: str = "auto",
-    seed: int = 0,
-    max_num_batched_tokens: int | None = None,
-    extra_args: dict | None = None,
-) -> dict:
-    """Arguments of ``vllm.LLM`` for scoring; ``extra_args`` (benchmarks, experiments) win over ours.
-
-    No ``quantization`` key: vLLM reads the method from the checkpoint and picks its fastest kernel
-    (gptq_marlin / Machete for GPTQ); naming ``gptq`` would force the slow legacy kernel.
-    ``generation_config="vllm"`` keeps a model's generation_config.json (Qwen2.5 ships a repetition
-    penalty) from changing the letter scores; the tokenizer is not loaded because prompts arrive as ids.
-    """
-    return {
-        "model": str(model_dir),
-        "tensor_parallel_size": tensor_parallel,
-        "dtype": dtype,
-        "max_model_len": max_model_len,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "enforce_eager": enforce_eager,
-        "enable_prefix_caching": True,
-        "trust_remote_code": trust_remote_code,
-        "load_format": load_format,
-        "seed": seed,
-        "logprobs_mode": "processed_logprobs",
-        "skip_tokenizer_init": True,
-        "generation_config": "vllm",
-        # Tokens per scheduler step; None keeps vLLM's default. Prefill-only scoring is GEMM-bound,
-        # so larger steps can use the GPU better (tools/bench.py --max-num-batched-tokens).
-        **({"max_num_batched_tokens": max_num_batched_tokens} if max_num_batched_tokens else {}),
-        **(extra_args or {}),
-    }
-
-
-def sampling_kwargs(letter_ids: tuple[int, int]) -> dict:
-    """One greedy token restricted to the two letters, with both letters' log-probabilities."""
-    return {
-        "max_tokens": 1,
-        "temperature": 0.0,
-        "allowed_token_ids": list(letter_ids),
-        "logprobs": 2,
-        "detokenize": False,
-    }
-
-
-def letter_logprobs(
-    outputs: Sequence, letter_ids: tuple[int, int], row_numbers: Sequence[int] | None = None
-) -> np.ndarray:
-    """``[n, 2]`` log-probabilities of the two letters from vLLM ``RequestOutput`` objects.
-
-    Reads ``output.outputs[0].logprobs[0]`` (a dict token id -> ``Logprob``). A missing letter or a
-    non-finite value is an error naming the prompt: a silent fallback (the reference used -10) would
-    turn an engine misconfiguration or an fp16 overflow into confident wrong answers.
-    """
-    numbers = list(range(len(outputs))) if row_numbers is None else list(row_numbers)
-    result = np.empty((len(outputs), 2), dtype=np.float32)
-    for row, output in enumerate(outputs):
-        where = f"prompt {numbers[row] + 1}"
-        completions = getattr(output, "outputs", None)
-        if not completions:
-            raise WsdmError(f"{where}: vLLM returned no completion")
-        positions = completions[0].logprobs
-        if not positions:
-            raise WsdmError(f"{where}: vLLM returned no log-probabilities (logprobs were not requested)")
-        first = positions[0]
-        for column, token in enumerate(letter_ids):
-            entry = first.get(token) if hasattr(first, "get") else None
-            if entry is None:
-                raise WsdmError(
-                    f"{where}: vLLM returned no log-probability for token {token} (got tokens "
-                    f"{sorted(first)}); the engine must run with logprobs_mode='processed_logprobs'"
-                )
-            value = float(getattr(entry, "logprob", entry))
-            if not math.isfinite(value):
-                raise WsdmError(
-                    f"{where}: vLLM returned log-probability {value} for token {token}; float16 can overflow "
-                    "on this model: use a GPU with bfloat16 (--dtype bfloat16)"
-                )
-            result[row, column] = value
-    return result
-
-
-def check_prompt_lengths(
-    sequences: Sequence[Sequence[int]], max_model_len: int, first_number: int = 0
-) -> list[int]:
-    """Lengths of prompts whose first is number ``first_number`` (0-based) of the job; an empty
-    prompt or one the engine's context cannot hold is an error naming it."""
-    lengths = [len(seq) for seq in sequences]
-    for index, length in enumerate(lengths, start=first_number + 1):
-        if length == 0:
-            raise WsdmError(f"prompt {index}: cannot score an empty token sequence")
-        if length >= max_model_len:
-            raise WsdmError(
-                f"prompt {index} has {length} tokens; the engine was started with max_model_len "
-                f"{max_model_len} (--max-model-len must exceed the longest prompt)"
-            )
-    return lengths
-
-
-def scoring_setup(
-    model_dir: str | Path,
-    letter_ids: tuple[int, int],
-    *,
-    tensor_parallel: int,
-    dtype: str,
-    max_model_len: int,
-    gpu_memory_utilization: float,
-    enforce_eager: bool,
-    trust_remote_code: bool,
-    load_format: str = "auto",
-    max_num_batched_tokens: int | None = None,
-    extra_args: dict | None = None,
-) -> tuple[dict, object]:
-    """The engine arguments and the ``SamplingParams`` of every scoring engine on vLLM: the offline
-    ``vllm.LLM`` here and the server's ``AsyncLLM`` (engines/vllm_async.py)."""
-    prepare_environment()
-    try:
-        from vllm import SamplingParams
-    except ImportError as exc:
-        raise WsdmError(f"{VLLM_MISSING} ({one_line(exc)})") from exc
-    kwargs = engine_kwargs(
-        model_dir,
-        tensor_parallel=tensor_parallel,
-        dtype=dtype,
-        max_model_len=max_model_len,
-        gpu_memory_utilization=gpu_memory_utilization,
-        enforce_eager=enforce_eager,
-        trust_remote_code=trust_remote_code,
-        load_format=load_format,
-        max_num_batched_tokens=max_num_batched_tokens,
-        extra_args=extra_args,
-    )
-    return kwargs, SamplingParams(**sampling_kwargs(letter_ids))
-
-
-def plan_engine(
-    model_dir: Path,
-    longest_prompt: int,
-    *,
-    gpus: str | None = None,
-    tensor_parallel: int | None = None,
-    dtype: str = "auto",
-    max_model_len: int | None = None,
-    gpu_memory_utilization: float | None = None,
-    load_format: str = "auto",
-    precision: str = "checkpoint",
-    fp8_recipe: Fp8Recipe | None = None,
-) -> tuple[GpuPlan, list[int], dict]:
-    """The GPU layout for the model (its notes logged), the indices of every visible GPU, and the
-    vLLM arguments that ``precision`` asks for (online FP8 of a bf16 checkpoint, or nothing)."""
-    if not vllm_installed():
-        raise WsdmError(VLLM_MISSING)
-    config = read_model_config(model_dir)
-    from ..models.fp8 import DEFAULT_RECIPE, MEASURED_AGREEMENT
-    from ..models.precision import check_model_precision, checkpoint_kind, vllm_arguments
-
-    check_model_precision(model_dir, config, precision)
-    recipe = fp8_recipe or DEFAULT_RECIPE
-    precision_args = vllm_arguments(config, precision, recipe)
-    if precision == "fp8":
-        log.info("precision fp8: %s", recipe.describe())
-    if precision == "fp8" or checkpoint_kind(config) == "fp8":
-        log.warning("FP8: %s", MEASURED_AGREEMENT)
-    visible = detect_gpus()
-    if not visible:
-        raise WsdmError("no CUDA GPU is visible; the vllm engine needs one (use --engine hf on a CPU)")
-    plan = plan_gpus(
-        config,
-        visible,
-        longest_prompt=longest_prompt,
-        gpus=gpus,
-        tensor_parallel=tensor_parallel,
-        dtype=dtype,
-        max_model_len=max_model_len,
-        gpu_memory_utilization=gpu_memory_utilization,
-        fallback_weight_bytes=None if load_format == "dummy" else checkpoint_bytes(model_dir),
-        fp8=precision == "fp8",
-    )
-    for note in plan.notes:
-        log.warning(note)
-    log.info("vllm engine: %s", plan.describe())
-    return plan, [gpu.index for gpu in visible], precision_args
-
-
-def scorer_arguments(
-    plan: GpuPlan,
-    model_dir: Path,
-    letter_ids: tuple[int, int],
-    *,
-    enforce_eager: bool | None = None,
-    trust_remote_code: bool = False,
-    load_format: str = "auto",
-    max_num_batched_tokens: int | None = None,
-    extra_args: dict | None = None,
-) -> dict:
-    """The keyword arguments of :func:`scoring_setup` (and :class:`VLLMScorer`) for one group of the plan."""
-    return {
-        "model_dir": str(model_dir),
-        "letter_ids": tuple(letter_ids),
-        "tensor_parallel": plan.tensor_parallel,
-        "dtype": plan.dtype,
-        "max_model_len": plan.max_model_len,
-        "gpu_memory_utilization": plan.gpu_memory_utilization,
-        "enforce_eager": True if enforce_eager is None else enforce_eager,
-        "trust_remote_code": trust_remote_code,
-        "load_format": load_format,
-        "max_num_batched_tokens": max_num_batched_tokens,
-        "extra_args": extra_args,
-    }
 
 
 class VLLMScorer:

@@ -2,7 +2,7 @@
 
 vLLM's engine core (its own process) schedules whatever is queued at each step, so prompts from
 concurrent requests share steps (continuous batching) and the judge's system prompt stays in the
-prefix cache. The settings are the offline engine's (``engines/vllm.py``): the same GPU plan, the
+prefix cache. The settings are the offline engine's (``engines/vllm_setup.py``): the same GPU plan, the
 same engine arguments and the same ``SamplingParams`` (one token restricted to A/B, both letters'
 processed log-probabilities), read by the same ``letter_logprobs``. The scheduler gets the offline
 engine's defaults too (vLLM sizes its steps by a usage context; the server asks for ``LLM``'s).
@@ -26,7 +26,7 @@ import numpy as np
 from .asynchronous import AsyncScoringEngine, EngineStopped
 from .gpu_plan import GpuPlan, physical_device_ids
 from .select import EngineOptions
-from .vllm import check_prompt_lengths, letter_logprobs, plan_engine, scorer_arguments, scoring_setup
+from .vllm_setup import check_prompt_lengths, letter_logprobs, plan_engine, scorer_arguments, scoring_setup
 
 log = logging.getLogger(__name__)
 
