@@ -192,12 +192,12 @@ def test_engine_vllm_without_vllm_is_one_line(tiny_model_dir, tmp_path):
 def test_vllm_options_with_the_hf_engine_are_refused(tiny_model_dir, tmp_path):
     result = run_cli(
         "wsdm-serve", "predict", ARENA_SAMPLE, "--model", tiny_model_dir, "--out", tmp_path / "s.csv",
-        "--engine", "hf", "--gpus", "0,1", "--tensor-parallel", "2",
+        "--engine", "hf", "--gpus", "0,1", "--tensor-parallel", "2", "--max-num-batched-tokens", "32768",
     )  # fmt: skip
     assert result.returncode == 2
-    assert (
-        result.stderr.strip()
-        == "error: --gpus, --tensor-parallel: only the vllm engine takes this; drop it or use --engine vllm"
+    assert result.stderr.strip() == (
+        "error: --gpus, --tensor-parallel, --max-num-batched-tokens: only the vllm engine takes this; "
+        "drop it or use --engine vllm"
     )
     assert not (tmp_path / "s.csv").exists()
 
@@ -216,9 +216,22 @@ def test_bad_vllm_option_values_are_rejected_by_the_cli(tiny_model_dir, tmp_path
         ("--gpu-memory-utilization", "0"),
         ("--tensor-parallel", "0"),
         ("--max-model-len", "1"),
+        ("--max-num-batched-tokens", "512"),
     ):
         result = run_cli("wsdm-serve", "predict", ARENA_SAMPLE, "--model", tiny_model_dir, option, value)
         assert result.returncode == 2 and option in result.stderr
+
+
+def test_the_servers_vllm_engine_takes_the_scheduler_step_from_the_options(tiny_model_dir):
+    """--max-num-batched-tokens reaches the server's engine through EngineOptions like the offline
+    one's; an explicit argument (the benchmarks') wins. Nothing of vLLM is loaded before start()."""
+    from wsdm_serve.engines.vllm_async import VLLMAsyncEngine
+
+    options = EngineOptions(name="vllm", max_num_batched_tokens=32768)
+    assert VLLMAsyncEngine(tiny_model_dir, (A, B), 100, options).max_num_batched_tokens == 32768
+    explicit = VLLMAsyncEngine(tiny_model_dir, (A, B), 100, options, max_num_batched_tokens=8192)
+    assert explicit.max_num_batched_tokens == 8192
+    assert VLLMAsyncEngine(tiny_model_dir, (A, B), 100, EngineOptions()).max_num_batched_tokens is None
 
 
 @pytest.mark.skipif(not vllm_missing, reason="checks the fallback where vLLM is not installed")

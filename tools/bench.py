@@ -26,7 +26,7 @@ Measurements (each in its own process, so GPU memory is returned between them):
 A measurement may carry vllm.LLM arguments of its own and the methods it times, so one run sweeps
 settings: ``vllm-fp8ckpt@max_num_batched_tokens=32768+kv_cache_dtype="fp8"/predict``.
 ``--fp8-comparison`` runs bf16, GPTQ-8, FP8 online (default recipe and vLLM's per-tensor ``fp8``)
-and the FP8 checkpoint (raw and predict; then a bigger scheduler step, CUDA graphs, FP8 KV cache),
+and the FP8 checkpoint (raw and predict; then a bigger scheduler step, CUDA graphs, both, FP8 KV cache),
 one pass each, on one GPU:
 
     PYTHONPATH=$PWD python tools/bench.py --fp8-comparison --json bench-fp8.json
@@ -125,6 +125,7 @@ FP8_COMPARISON = (
     "vllm-fp8ckpt/raw+predict",
     "vllm-fp8ckpt@max_num_batched_tokens=32768/predict",
     "vllm-fp8ckpt@enforce_eager=false/raw+predict",
+    "vllm-fp8ckpt@max_num_batched_tokens=32768+enforce_eager=false/raw+predict",
     "vllm-fp8ckpt@kv_cache_dtype=fp8/predict",
 )
 

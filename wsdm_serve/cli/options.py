@@ -89,7 +89,14 @@ def vllm_options(command):
     command = click.option(
         "--enforce-eager/--no-enforce-eager",
         default=None,
-        help="vllm engine: run without torch.compile and CUDA graphs [default: eager; graphs add ~1% in FP8, ~0.5% in bf16, and ~70 s of start-up].",
+        help="vllm engine: run without torch.compile and CUDA graphs [default: eager; graphs add 1-2% in FP8, ~0.5% in bf16, and 70-100 s of start-up].",
+    )(command)
+    command = click.option(
+        "--max-num-batched-tokens",
+        type=click.IntRange(min=1024),
+        default=None,
+        help="vllm engine: prompt tokens per scheduler step [default: vLLM's, 16384 on an H100/H200]; "
+        "32768 gave FP8 3% more on one H200, bf16 nothing (docs/benchmarks.md).",
     )(command)
     command = click.option(
         "--gpu-memory-utilization",
@@ -128,6 +135,7 @@ ENGINE_PARAMETERS = {
     "max_model_len": "max_model_len",
     "gpu_memory_utilization": "gpu_memory_utilization",
     "enforce_eager": "enforce_eager",
+    "max_num_batched_tokens": "max_num_batched_tokens",
     "precision": "precision",
 }
 

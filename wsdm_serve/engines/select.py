@@ -28,6 +28,8 @@ class EngineOptions:
     max_model_len: int | None = None
     gpu_memory_utilization: float | None = None
     enforce_eager: bool | None = None
+    max_num_batched_tokens: int | None = None
+    """Tokens per vLLM scheduler step (None: vLLM's choice, 16,384 on one H100/H200 for this load)."""
     load_format: str = "auto"
     """``dummy`` builds random weights from config.json (benchmarks); not a command-line option."""
     precision: str = "checkpoint"
@@ -40,6 +42,7 @@ class EngineOptions:
             "--max-model-len": self.max_model_len,
             "--gpu-memory-utilization": self.gpu_memory_utilization,
             "--enforce-eager/--no-enforce-eager": self.enforce_eager,
+            "--max-num-batched-tokens": self.max_num_batched_tokens,
         }
         return [flag for flag, value in given.items() if value is not None]
 
@@ -173,5 +176,6 @@ def create_engine(
         enforce_eager=options.enforce_eager,
         trust_remote_code=trust_remote_code,
         load_format=options.load_format,
+        max_num_batched_tokens=options.max_num_batched_tokens,
         precision=options.precision,
     )

@@ -51,7 +51,8 @@ class VLLMAsyncEngine(AsyncScoringEngine):
         self.longest_prompt = longest_prompt
         self.options = options
         self.trust_remote_code = trust_remote_code
-        self.max_num_batched_tokens = max_num_batched_tokens
+        # An explicit argument (benchmarks) wins over the command line's --max-num-batched-tokens.
+        self.max_num_batched_tokens = max_num_batched_tokens or options.max_num_batched_tokens
         self.extra_args = extra_args
         self.plan: GpuPlan | None = None
         self.llm = None
