@@ -10,3 +10,9 @@ class WsdmError(Exception):
 
 
 EXIT_USAGE = 2
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for error lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -15,17 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import WsdmError
+from ..errors import WsdmError, one_line
 from ..prompt import ANSWER_LETTERS, JudgePrompt
 from .report import ModelReport
 from .weights import check_weights_against_config, find_weights
 
 GPTQ_BITS = (2, 3, 4, 8)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- config
@@ -79,7 +74,7 @@ def check_config(report: ModelReport, config: dict, trust_remote_code: bool) -> 
 
             AutoConfig.from_pretrained(report.path, trust_remote_code=trust_remote_code)
         except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad configs
-            report.problem(f"{path}: transformers cannot read it ({_first_line(exc)})")
+            report.problem(f"{path}: transformers cannot read it ({one_line(exc)})")
     if all(isinstance(config.get(k), int) for k in ("hidden_size", "num_hidden_layers", "vocab_size")):
         report.fact(
             "size",
@@ -194,7 +189,7 @@ def check_tokenizer(report: ModelReport, config: dict | None, trust_remote_code:
             report.fact("chat template", f"{len(template):,} characters, renders the judge prompt")
         except Exception as exc:  # noqa: BLE001 - jinja errors of arbitrary templates
             report.problem(
-                f"{report.path}: the chat template fails to render the judge prompt ({_first_line(exc)})"
+                f"{report.path}: the chat template fails to render the judge prompt ({one_line(exc)})"
             )
     ids = []
     for letter in ANSWER_LETTERS:

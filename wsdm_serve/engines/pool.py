@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import WsdmError
+from ..errors import WsdmError, one_line
 from .base import ProgressCallback, ScoringEngine
 from .gpu_plan import split_balanced
 
@@ -46,11 +46,6 @@ class WorkerSpec:
     devices: str | None = None
     """CUDA_VISIBLE_DEVICES for the worker; None keeps the parent's value."""
     label: str = "worker"
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def pack(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import WsdmError
+from ..errors import WsdmError, one_line
 from .base import ProgressCallback, ScoringEngine
 from .gpu_plan import physical_device_ids
-from .pool import EnginePool, WorkerSpec, one_line
+from .pool import EnginePool, WorkerSpec
 from .vllm_setup import check_prompt_lengths, letter_logprobs, plan_engine, scorer_arguments, scoring_setup
 
 if TYPE_CHECKING:

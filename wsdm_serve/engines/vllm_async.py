@@ -106,8 +106,7 @@ class VLLMAsyncEngine(AsyncScoringEngine):
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from ..errors import WsdmError
-        from .pool import one_line
+        from ..errors import WsdmError, one_line
 
         # vllm.LLM turns its own stats logging off; the one stat logger here reports batch sizes.
         args = AsyncEngineArgs(**{"disable_log_stats": True, **kwargs})

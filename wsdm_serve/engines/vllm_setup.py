@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import WsdmError
+from ..errors import WsdmError, one_line
 from .gpu_plan import GpuPlan, detect_gpus, plan_gpus
 from .model_shape import checkpoint_bytes, read_model_config
-from .pool import one_line
 
 if TYPE_CHECKING:
     from ..models.fp8 import Fp8Recipe

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..data import REQUIRED_COLUMNS, SUPPORTED_SUFFIXES, read_table
-from ..errors import WsdmError
+from ..errors import WsdmError, one_line
 
 GLOB_CHARS = "*?["
 
@@ -45,13 +45,8 @@ def _filesystem(uri: str):
         try:
             return fs.FileSystem.from_uri(uri)
         except Exception as exc:  # noqa: BLE001 - unknown scheme, missing credentials, ...
-            raise WsdmError(f"{uri}: cannot open this filesystem ({_first_line(exc)})") from exc
+            raise WsdmError(f"{uri}: cannot open this filesystem ({one_line(exc)})") from exc
     return fs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _join(uri: str, path: str) -> str:
@@ -77,7 +72,7 @@ def list_shards(source: str) -> list[Shard]:
         try:
             infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
         except Exception as exc:  # noqa: BLE001
-            raise WsdmError(f"{source}: cannot list {base} ({_first_line(exc)})") from exc
+            raise WsdmError(f"{source}: cannot list {base} ({one_line(exc)})") from exc
         found = [i.path for i in infos if i.type == fs.FileType.File and fnmatch.fnmatch(i.path, path)]
         if not found:
             raise WsdmError(f"{source}: no file matches")
@@ -85,7 +80,7 @@ def list_shards(source: str) -> list[Shard]:
         try:
             info = filesystem.get_file_info(path)
         except Exception as exc:  # noqa: BLE001
-            raise WsdmError(f"{source}: cannot read ({_first_line(exc)})") from exc
+            raise WsdmError(f"{source}: cannot read ({one_line(exc)})") from exc
         if info.type == fs.FileType.NotFound:
             raise WsdmError(f"{source}: file or folder not found")
         if info.type == fs.FileType.Directory:
@@ -117,7 +112,7 @@ def _parquet(shard: Shard):
     try:
         return pq.ParquetFile(filesystem.open_input_file(path))
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for corrupt files
-        raise WsdmError(f"{shard.name}: unreadable or truncated parquet file ({_first_line(exc)})") from exc
+        raise WsdmError(f"{shard.name}: unreadable or truncated parquet file ({one_line(exc)})") from exc
 
 
 def inspect_shard(shard: Shard) -> dict:
@@ -135,7 +130,7 @@ def inspect_shard(shard: Shard) -> dict:
                 ids = handle.read(columns=["id"]).column("id").to_pandas()
             except Exception as exc:  # noqa: BLE001
                 raise WsdmError(
-                    f"{shard.name}: unreadable or truncated parquet file ({_first_line(exc)})"
+                    f"{shard.name}: unreadable or truncated parquet file ({one_line(exc)})"
                 ) from exc
         else:
             frame = read_table(shard.uri)
@@ -219,6 +214,6 @@ def read_unit_frame(shard: Shard, start: int, stop: int) -> pd.DataFrame:
     try:
         table = handle.read_row_groups(groups, columns=list(REQUIRED_COLUMNS)) if groups else pa.table({})
     except Exception as exc:  # noqa: BLE001
-        raise WsdmError(f"{shard.name}: unreadable or truncated parquet file ({_first_line(exc)})") from exc
+        raise WsdmError(f"{shard.name}: unreadable or truncated parquet file ({one_line(exc)})") from exc
     offset = start - (first_row or 0)
     return table.slice(offset, stop - start).to_pandas()

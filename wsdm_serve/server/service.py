@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data import arena_rows_from_records
 from ..engines.asynchronous import AsyncScoringEngine, EngineStopped
-from ..engines.pool import one_line
+from ..errors import one_line
 from ..predict import Judge, PredictConfig
 from ..preprocess import tokenize_prompts
 from ..prompt import JudgePrompt
