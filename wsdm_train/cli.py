@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from wsdm_serve import __version__
-from wsdm_serve.cli.options import user_errors
+from wsdm_serve.errors import user_errors
 
 from .options import config_options, load, pipeline_run_options, quiet_requested
 

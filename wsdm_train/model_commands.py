@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from wsdm_serve.cli.options import user_errors
+from wsdm_serve.errors import user_errors
 from wsdm_serve.quiet import library_bars_hidden
 
 from .options import config_options, load, quiet_requested

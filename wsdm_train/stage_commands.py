@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from wsdm_serve.cli.options import user_errors
+from wsdm_serve.errors import user_errors
 
 from .options import config_options, load, quiet_requested, run_options, scoring_run_options
 

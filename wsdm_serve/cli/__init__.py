@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..errors import EXIT_USAGE, WsdmError
+from ..errors import EXIT_USAGE, WsdmError, user_errors
 from ..tta import TTA_MODES
 from .jobs import evaluate_predict, hint_work_dir, job_options, predict_job
 from .options import (
@@ -22,7 +22,6 @@ from .options import (
     model_options,
     setup_logging,
     truncation_options,
-    user_errors,
 )
 
 STARTED_AT = time.time()

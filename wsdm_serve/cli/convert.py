@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import WsdmError
-from .options import user_errors
+from ..errors import WsdmError, user_errors
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import EXIT_USAGE, WsdmError
 from ..quiet import hide_library_progress_bars
 from ..textnorm import NORMALIZATIONS
 
@@ -31,20 +30,6 @@ def setup_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if quiet:
         hide_library_progress_bars()
-
-
-def user_errors(command):
-    """Print a :class:`WsdmError` as one line on stderr and exit with code 2, without traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except WsdmError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-
-    return wrapper
 
 
 def truncation_options(command):

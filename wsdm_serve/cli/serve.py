@@ -9,14 +9,14 @@ from pathlib import Path
 
 import click
 
-from ..errors import WsdmError
+from ..errors import WsdmError, user_errors
 from ..server.config import (
     API_KEY_ENV,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_PAIRS_PER_REQUEST,
     DEFAULT_MAX_QUEUED_PAIRS,
 )
-from .options import DEFAULT_MODEL, engine_options, model_options, truncation_options, user_errors
+from .options import DEFAULT_MODEL, engine_options, model_options, truncation_options
 
 SERVE_MISSING = "the HTTP service needs its extra: pip install 'wsdm[serve]'"
 
