@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import ARENA_SAMPLE, run_cli
 
-from wsdm_serve.checkmodel import check_files, check_model, preflight
-from wsdm_serve.checkmodel.weights import estimate_parameters, read_safetensors_header
 from wsdm_serve.errors import WsdmError
+from wsdm_serve.models.checks import check_files, check_model, preflight
+from wsdm_serve.models.weights import estimate_parameters, read_safetensors_header
 
 
 def invoke(*args):

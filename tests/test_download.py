@@ -25,7 +25,6 @@ import pytest
 from click.testing import CliRunner
 from conftest import console_script
 
-from wsdm_serve.checkmodel import check_model
 from wsdm_serve.cli import main
 from wsdm_serve.download import (
     DEFAULT_SOURCE,
@@ -36,6 +35,7 @@ from wsdm_serve.download import (
     parse_source,
 )
 from wsdm_serve.errors import WsdmError
+from wsdm_serve.models.checks import check_model
 
 HANDLE = "someone/wsdm-judge/transformers/tiny/1"
 

@@ -22,14 +22,14 @@ from wsdm_serve.engines.gpu_plan import (
     split_balanced,
     tensor_parallel_sizes,
 )
-from wsdm_serve.engines.model_shape import (
+from wsdm_serve.errors import WsdmError
+from wsdm_serve.models.shape import (
     checkpoint_bytes,
     estimate_weight_bytes,
     kv_bytes_per_token,
     quantization_bits,
     read_model_config,
 )
-from wsdm_serve.errors import WsdmError
 from wsdm_serve.tiny import QWEN25_14B_SHAPE
 
 # Qwen2.5-14B-Instruct's config.json (the judge's shape).

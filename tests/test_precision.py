@@ -18,11 +18,11 @@ import pytest
 from tests.conftest import ARENA_SAMPLE, PANDALM_TRAIN, TOKENIZER_DIR, run_cli, run_cli_loud
 from tests.test_gpu_plan import A100_40X3, GPTQ8, H100, L4X4, QWEN25_14B, QWEN25_14B_GPTQ8, T4X2
 from wsdm_serve.engines.gpu_plan import GIB, plan_gpus
-from wsdm_serve.engines.model_shape import estimate_weight_bytes
 from wsdm_serve.engines.select import EngineOptions, check_options
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.models.fp8 import Fp8Recipe, keep_recipe, matches, online_arguments
 from wsdm_serve.models.precision import check_model_precision, checkpoint_kind, vllm_arguments
+from wsdm_serve.models.shape import estimate_weight_bytes
 from wsdm_serve.predict import PredictConfig
 
 FP8_CHECKPOINT = {

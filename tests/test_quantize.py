@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import ARENA_SAMPLE, PANDALM_TRAIN, TOKENIZER_DIR, run_cli, run_cli_loud
 from wsdm_serve.errors import WsdmError
-from wsdm_serve.quantization import QuantSpec, verify_quantized_checkpoint
+from wsdm_serve.models.quantization import QuantSpec, verify_quantized_checkpoint
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("llmcompressor", reason="llm-compressor is not installed (pip install 'wsdm[quantize]')")
@@ -167,7 +167,7 @@ def gptq_dir(base_dir, calibration_file, tmp_path_factory) -> Path:
 def test_gptq_v1_export_holds_the_same_integers_and_scales(gptq_dir, quantized_dir):
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
-    from wsdm_serve.quantization import read_tensor_headers
+    from wsdm_serve.models.quantization import read_tensor_headers
 
     out = gptq_dir
     quant = json.loads((out / "config.json").read_text())["quantization_config"]

@@ -158,8 +158,8 @@ def phase_quantize(args) -> dict:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+    from wsdm_serve.models.quantization import verify_quantized_checkpoint
     from wsdm_serve.prompt import letter_token_ids
-    from wsdm_serve.quantization import verify_quantized_checkpoint
     from wsdm_train.quantize import QuantizeConfig, export_gptq_v1, quantize_model
 
     work = Path(args.work)

@@ -23,9 +23,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .archives import bytes_bar, extract_archive, require_space
-from .checkmodel import check_model
-from .checkmodel.report import ModelReport
 from .errors import WsdmError
+from .models.checks import check_model
+from .models.report import ModelReport
 from .outputs import replace_directory
 
 KAGGLE_HANDLE = "daihengwei/wsdm-qwen2.5/transformers/711gptq8b128/1"

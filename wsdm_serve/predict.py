@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .checkmodel import preflight
 from .data import ArenaRows
 from .engines.base import ScoringEngine
 from .engines.select import EngineOptions, check_options, create_engine
+from .models.checks import preflight
 from .outputs import write_frame
 from .preprocess import STREAM_CHUNK_ROWS, PromptSet, build_prompts, iter_prompt_chunks
 from .prompt import letter_token_ids

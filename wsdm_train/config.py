@@ -504,7 +504,7 @@ class QuantizeConfig:
 
     @property
     def spec(self):
-        from wsdm_serve.quantization import QuantSpec
+        from wsdm_serve.models.quantization import QuantSpec
 
         return QuantSpec(self.bits, self.group_size, self.symmetric, self.act_order)
 

@@ -8,7 +8,7 @@ transformers), which writes compressed-tensors ``pack-quantized``: vLLM's native
 weight-only integer models, also read by the transformers engine. ``--format gptq`` converts the
 same integers and scales into a GPTQ v1 checkpoint like the released model (for vLLM's GPTQ
 kernels on GPUs without Marlin, e.g. the T4). Either way the result is checked on disk with
-:func:`wsdm_serve.quantization.verify_quantized_checkpoint` before it is moved into place.
+:func:`wsdm_serve.models.quantization.verify_quantized_checkpoint` before it is moved into place.
 
 llm-compressor pins compressed-tensors 0.19 while vLLM 0.26 pins 0.17, so quantizing and serving
 with vLLM need separate environments (the checkpoint itself loads in both).
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsdm_serve.data import read_table
-from wsdm_serve.engines.model_shape import read_model_config
 from wsdm_serve.errors import WsdmError
+from wsdm_serve.models.quantization import verify_quantized_checkpoint
+from wsdm_serve.models.shape import read_model_config
 from wsdm_serve.outputs import atomic_directory
-from wsdm_serve.quantization import verify_quantized_checkpoint
 
 from .config import Config, QuantizeConfig
 
@@ -192,7 +192,7 @@ def _gptq_module(tensors: dict, module: str, bits: int, group_size: int) -> dict
     import torch
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
 
-    from wsdm_serve.quantization import gptq_v1_zero
+    from wsdm_serve.models.quantization import gptq_v1_zero
 
     out_features, in_features = (int(v) for v in tensors[f"{module}.weight_shape"])
     values = unpack_from_int32(

@@ -258,8 +258,8 @@ def check_model_command(ctx, path, smoke, engine_options, trust_remote_code) -> 
 
     Prints what was found and one line per problem; exits with code 2 when there are problems.
     """
-    from ..checkmodel import check_model
-    from ..checkmodel.smoke import smoke_test
+    from ..models.checks import check_model
+    from .smoke import smoke_test
 
     report = check_model(path, trust_remote_code=trust_remote_code)
     if smoke and report.ok:

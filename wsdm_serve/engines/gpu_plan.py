@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import WsdmError
-from .model_shape import estimate_weight_bytes, kv_bytes_per_token, layer_shapes, text_config
+from ..models.shape import estimate_weight_bytes, kv_bytes_per_token, layer_shapes, text_config
 
 GIB = 1024**3
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WsdmError
-from ..quantization import hf_loading_overrides
+from ..models.quantization import hf_loading_overrides
+from ..models.shape import read_model_config
 from ..quiet import library_bars_hidden
 from .base import ProgressCallback, ScoringEngine, length_sorted_batches
-from .model_shape import read_model_config
 
 DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
 DTYPES = ("auto", "bfloat16", "float16", "float32")

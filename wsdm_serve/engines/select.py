@@ -107,7 +107,7 @@ def check_options(options: EngineOptions, model_dir: Path | None = None) -> None
         and options.precision != "checkpoint"
         and (Path(model_dir) / "config.json").is_file()
     ):
-        from .model_shape import read_model_config
+        from ..models.shape import read_model_config
 
         check_model_precision(model_dir, read_model_config(model_dir), options.precision)
     if options.precision == "fp8" and options.name == "auto" and not vllm_usable():

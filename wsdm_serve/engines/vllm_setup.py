@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import WsdmError, one_line
+from ..models.shape import checkpoint_bytes, read_model_config
 from .gpu_plan import GpuPlan, detect_gpus, plan_gpus
-from .model_shape import checkpoint_bytes, read_model_config
 
 if TYPE_CHECKING:
     from ..models.fp8 import Fp8Recipe

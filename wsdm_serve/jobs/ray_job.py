@@ -329,7 +329,7 @@ def run_ray_job(
     The driver needs the model folder for its checks and the tokenizer (as ``predict`` does); the
     rows are read by the tasks, never by the driver, except their ids.
     """
-    from ..checkmodel import preflight
+    from ..models.checks import preflight
     from ..prompt import letter_token_ids
     from .local import job_manifest, prompt_length_bound
     from .units import job_result, plan_units, run_phases

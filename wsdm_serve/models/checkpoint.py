@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkmodel.weights import read_safetensors_header, weight_files
 from ..errors import WsdmError
+from .weights import read_safetensors_header, weight_files
 
 KINDS = ("full", "gptq", "ct-int", "ct-fp8")
 """full precision; GPTQ (qweight/qzeros/scales); compressed-tensors pack-quantized integers;

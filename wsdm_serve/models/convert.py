@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engines.model_shape import read_model_config, text_config
 from ..errors import WsdmError
 from ..outputs import atomic_directory
 from .checkpoint import ShardedTensors, SourceFormat, read_source_format
@@ -34,6 +33,7 @@ from .dequantize import (
 )
 from .fp8 import DEFAULT_RECIPE, Fp8Recipe, is_block_linear, matches, quantization_config, quantize_weight
 from .output import CONVERT_INFO, ShardWriter, copy_side_files, expected_tensors, verify_converted
+from .shape import read_model_config, text_config
 
 log = logging.getLogger(__name__)
 

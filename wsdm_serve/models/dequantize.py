@@ -137,7 +137,7 @@ def fp8_weight(parts: dict, where: str):
 def check_gptq_zero_points(tensors, source: SourceFormat, modules: dict) -> None:
     """A symmetric v1 file stores 2^(bits-1) - 1; one storing 2^(bits-1) holds v2 zero points under
     a v1 label (a known GPTQModel export defect), which would shift every weight by one step."""
-    from ..quantization import gptq_v1_zero
+    from .quantization import gptq_v1_zero
 
     if source.kind != "gptq" or not source.gptq_v1 or not source.symmetric or not modules:
         return

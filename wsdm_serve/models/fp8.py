@@ -142,7 +142,7 @@ def matches(module: str, patterns: list[str]) -> bool:
 
 def is_block_linear(name: str, shape: tuple[int, ...]) -> bool:
     """A 2-D ``.weight`` inside a decoder block: the linear layers FP8 applies to (the same rule as
-    :func:`wsdm_serve.quantization.verify_quantized_checkpoint` uses for integer checkpoints)."""
+    :func:`wsdm_serve.models.quantization.verify_quantized_checkpoint` uses for integer checkpoints)."""
     return ".layers." in name and name.endswith(".weight") and len(shape) == 2
 
 

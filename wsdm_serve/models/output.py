@@ -14,13 +14,13 @@ import os
 import shutil
 from pathlib import Path
 
-from ..checkmodel import check_files
-from ..checkmodel.weights import BIN_INDEX, SAFETENSORS_INDEX
-from ..engines.model_shape import read_model_config
 from ..errors import WsdmError
 from .checkpoint import ShardedTensors, SourceFormat
+from .checks import check_files
 from .dequantize import conversion_units, module_shape
 from .fp8 import Fp8Recipe, is_block_linear, matches
+from .shape import read_model_config
+from .weights import BIN_INDEX, SAFETENSORS_INDEX
 
 log = logging.getLogger(__name__)
 

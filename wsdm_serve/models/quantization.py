@@ -19,9 +19,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkmodel.weights import weight_files
-from .engines.model_shape import read_model_config
-from .errors import WsdmError
+from ..errors import WsdmError
+from .shape import read_model_config
+from .weights import weight_files
 
 WEIGHT_FORMATS = ("compressed-tensors", "gptq")
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from ..data import ArenaRows
 from ..errors import WsdmError
+from ..models.report import ModelReport
 from ..predict import PredictConfig, run_predict
-from .report import ModelReport
 
 SMOKE_ROW = (
     "What is the boiling point of water at sea level in degrees Celsius?",
