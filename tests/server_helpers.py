@@ -23,10 +23,11 @@ from tests.conftest import console_script
 from wsdm_serve.engines.asynchronous import BatchingEngine
 from wsdm_serve.engines.base import ScoringEngine
 from wsdm_serve.engines.hf import HFEngine
-from wsdm_serve.engines.select import EngineOptions
+from wsdm_serve.engines.settings import EngineSettings
 from wsdm_serve.server.config import ServeConfig
 from wsdm_serve.server.runner import JudgeServer, bind_socket
 from wsdm_serve.server.service import JudgeService
+from wsdm_serve.settings import JudgeSettings
 from wsdm_serve.truncation import TruncationConfig
 
 TRUNCATION = TruncationConfig(token_budget=400)
@@ -70,14 +71,15 @@ class ControlledEngine(ScoringEngine):
         self.inner.close()
 
 
-def serve_config(model_dir: Path, **overrides) -> ServeConfig:
-    settings = {
-        "model": model_dir,
-        "engine": EngineOptions(name="hf", device="cpu"),
-        "truncation": TRUNCATION,
-        **overrides,
-    }
-    return ServeConfig(**settings)
+def serve_config(model_dir: Path, judge: dict | None = None, **overrides) -> ServeConfig:
+    """The service's settings; ``judge`` overrides fields of its JudgeSettings."""
+    settings = JudgeSettings(
+        model=model_dir,
+        engine=EngineSettings(name="hf", device="cpu"),
+        truncation=TRUNCATION,
+        **(judge or {}),
+    )
+    return ServeConfig(judge=settings, **overrides)
 
 
 def controlled_service(
@@ -95,7 +97,7 @@ def controlled_service(
         def build() -> ControlledEngine:
             if build_gate is not None and not build_gate.wait(timeout=TIMEOUT):
                 raise RuntimeError("the test never let the engine load")
-            inner = HFEngine(config.model, letters, device="cpu")
+            inner = HFEngine(config.judge.model, letters, EngineSettings(name="hf", device="cpu"))
             token = None
             if poison:
                 token = holder["poison_token"]

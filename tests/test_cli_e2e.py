@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import ARENA_SAMPLE, run_cli
 from tests.test_prompt import expected_prompt
 from wsdm_serve.engines.hf import HFEngine
+from wsdm_serve.engines.settings import EngineSettings
 from wsdm_serve.preprocess import tokenize_prompts
 from wsdm_serve.textnorm import list_or_text
 from wsdm_serve.tta import softmax2
@@ -77,7 +78,7 @@ def test_predict_matches_direct_scoring_of_rendered_prompts(rendered, tiny_model
     probs = pd.read_parquet(probs_path)
     assert submission.columns.tolist() == ["id", "winner"]
     assert submission["id"].tolist() == pd.read_parquet(ARENA_SAMPLE)["id"].tolist()
-    engine = HFEngine(tiny_model_dir, (32, 33), device="cpu")
+    engine = HFEngine(tiny_model_dir, (32, 33), EngineSettings(name="hf", device="cpu"))
     direct = softmax2(engine.score(tokenize_prompts(tokenizer, rendered.text.tolist())))
     np.testing.assert_allclose(probs[["p_a", "p_b"]].to_numpy(), direct, atol=1e-5)
     expected = np.where(direct[:, 0] > direct[:, 1], "model_a", "model_b")
@@ -93,7 +94,7 @@ def test_tta_all_averages_forward_and_swapped(rendered, tiny_model_dir, tmp_path
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "32 rows re-scored by TTA" in result.stderr
-    engine = HFEngine(tiny_model_dir, (32, 33), device="cpu")
+    engine = HFEngine(tiny_model_dir, (32, 33), EngineSettings(name="hf", device="cpu"))
     forward = softmax2(engine.score(tokenize_prompts(tokenizer, rendered.text.tolist())))
     swapped = softmax2(engine.score(tokenize_prompts(tokenizer, rendered.text_swapped.tolist())))
     np.testing.assert_allclose(

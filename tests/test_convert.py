@@ -222,14 +222,15 @@ def test_act_order_asymmetric_gptq_dequantizes_exactly(base_dir, tmp_path, bits)
 
 def judge_probs(model_dir: Path, dtype: str = "auto"):
     from wsdm_serve.data import arena_rows_from_frame
-    from wsdm_serve.engines.select import EngineOptions
-    from wsdm_serve.predict import PredictConfig, run_predict
+    from wsdm_serve.engines.settings import EngineSettings
+    from wsdm_serve.judge import run_predict
+    from wsdm_serve.settings import JudgeSettings
 
     rows = arena_rows_from_frame(pd.read_parquet(ARENA_SAMPLE).head(8), ARENA_SAMPLE)
-    config = PredictConfig(
+    config = JudgeSettings(
         model=model_dir,
         tta="none",
-        engine=EngineOptions(name="hf", device="cpu", dtype=dtype),
+        engine=EngineSettings(name="hf", device="cpu", dtype=dtype),
         progress=False,
     )
     return run_predict(rows, config).forward[:, 0]

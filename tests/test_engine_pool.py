@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import ARENA_SAMPLE
 from wsdm_serve.engines.pool import EnginePool, WorkerSpec, pack, unpack
+from wsdm_serve.engines.settings import EngineSettings
 from wsdm_serve.errors import WsdmError
 
 
@@ -52,7 +53,11 @@ def test_pool_of_transformers_engines_matches_one_engine(tiny_model_dir, tokeniz
     prompts = build_prompts(rows, tokenizer, TruncationConfig(token_budget=600), progress=False)
     sequences = prompts.token_ids[:10]
     letters = letter_token_ids(tokenizer)
-    kwargs = {"model_dir": str(tiny_model_dir), "letter_ids": letters, "device": "cpu"}
+    kwargs = {
+        "model": str(tiny_model_dir),
+        "letter_ids": letters,
+        "settings": EngineSettings(name="hf", device="cpu"),
+    }
     with HFEngine(**kwargs) as engine:
         expected = engine.score(sequences)
     specs = [WorkerSpec("wsdm_serve.engines.hf:HFEngine", kwargs, label=f"worker {i}") for i in range(2)]
@@ -97,7 +102,7 @@ def test_hf_engine_wraps_a_model_already_in_memory(tiny_model_dir):
     from wsdm_serve.engines.hf import HFEngine
 
     sequences = [[151644, 8948, 198, 2610, 525, 32], [151644, 872, 33, 13, 220]]
-    with HFEngine(tiny_model_dir, (32, 33), device="cpu") as loaded:
+    with HFEngine(tiny_model_dir, (32, 33), EngineSettings(name="hf", device="cpu")) as loaded:
         expected = loaded.score(sequences)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with HFEngine.from_model(model, (32, 33)) as wrapped:

@@ -222,11 +222,12 @@ def test_evaluate_tiny_model_on_pandalm(tiny_model_dir, tmp_path):
 def test_forward_probabilities_are_predicts(tiny_model_dir, tmp_path):
     """evaluate's "no TTA" column is exactly what predict computes for the same rows."""
     from wsdm_serve.data import load_arena_rows
-    from wsdm_serve.engines.select import EngineOptions
+    from wsdm_serve.engines.settings import EngineSettings
     from wsdm_serve.evaluate import load_labelled, scored_from_model
-    from wsdm_serve.predict import PredictConfig, run_predict
+    from wsdm_serve.judge import run_predict
+    from wsdm_serve.settings import JudgeSettings
 
-    config = PredictConfig(model=tiny_model_dir, tta="none", engine=EngineOptions(name="hf"), progress=False)
+    config = JudgeSettings(model=tiny_model_dir, tta="none", engine=EngineSettings(name="hf"), progress=False)
     table = load_labelled(PANDALM_LMSYS, limit=95)
     scored = scored_from_model(table, PANDALM_LMSYS, config)
     lmsys = pd.read_csv(PANDALM_LMSYS).head(95)

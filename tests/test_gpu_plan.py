@@ -22,13 +22,14 @@ from wsdm_serve.engines.gpu_plan import (
     split_balanced,
     tensor_parallel_sizes,
 )
+from wsdm_serve.engines.settings import EngineSettings
 from wsdm_serve.errors import WsdmError
+from wsdm_serve.models.folder import read_model_config
 from wsdm_serve.models.shape import (
     checkpoint_bytes,
     estimate_weight_bytes,
     kv_bytes_per_token,
     quantization_bits,
-    read_model_config,
 )
 from wsdm_serve.tiny import QWEN25_14B_SHAPE
 
@@ -247,7 +248,7 @@ def test_bf16_14b_does_not_fit_two_t4_and_the_error_says_why():
 
 def test_one_t4_is_too_small_even_at_8_bit():
     with pytest.raises(WsdmError, match="does not fit"):
-        plan_gpus(QWEN25_14B_GPTQ8, T4X2, longest_prompt=10_300, gpus="0")
+        plan_gpus(QWEN25_14B_GPTQ8, T4X2, longest_prompt=10_300, settings=EngineSettings(gpus="0"))
 
 
 def test_four_l4_run_two_engines_of_two_gpus():
@@ -274,25 +275,32 @@ def test_a_long_context_can_push_the_model_to_more_gpus():
 
 
 def test_explicit_tensor_parallel_is_validated_and_leftover_gpus_are_reported():
-    plan = plan_gpus(QWEN25_14B, A100_40X3, longest_prompt=1000, tensor_parallel=2)
+    plan = plan_gpus(QWEN25_14B, A100_40X3, longest_prompt=1000, settings=EngineSettings(tensor_parallel=2))
     assert plan.groups == [[0, 1]]
     assert plan.notes == ["GPU(s) 2 left idle: 3 GPUs do not divide into groups of 2"]
     with pytest.raises(WsdmError, match="--tensor-parallel 3: the model's 40 attention heads"):
-        plan_gpus(QWEN25_14B, A100_40X3, longest_prompt=1000, tensor_parallel=3)
+        plan_gpus(QWEN25_14B, A100_40X3, longest_prompt=1000, settings=EngineSettings(tensor_parallel=3))
     with pytest.raises(WsdmError, match="--tensor-parallel 4: only 3 GPU"):
-        plan_gpus(QWEN25_14B, A100_40X3, longest_prompt=1000, tensor_parallel=4)
+        plan_gpus(QWEN25_14B, A100_40X3, longest_prompt=1000, settings=EngineSettings(tensor_parallel=4))
 
 
 def test_gpu_memory_utilization_changes_the_choice_and_is_range_checked():
     # A 14B GPTQ-8 on two T4 fits at the reference's 0.99, not at 0.6.
     assert (
-        plan_gpus(QWEN25_14B_GPTQ8, T4X2, longest_prompt=10_300, gpu_memory_utilization=0.99).tensor_parallel
+        plan_gpus(
+            QWEN25_14B_GPTQ8,
+            T4X2,
+            longest_prompt=10_300,
+            settings=EngineSettings(gpu_memory_utilization=0.99),
+        ).tensor_parallel
         == 2
     )
     with pytest.raises(WsdmError, match="does not fit"):
-        plan_gpus(QWEN25_14B_GPTQ8, T4X2, longest_prompt=10_300, gpu_memory_utilization=0.6)
+        plan_gpus(
+            QWEN25_14B_GPTQ8, T4X2, longest_prompt=10_300, settings=EngineSettings(gpu_memory_utilization=0.6)
+        )
     with pytest.raises(WsdmError, match="--gpu-memory-utilization 1.5"):
-        plan_gpus(QWEN25_14B, H100, longest_prompt=100, gpu_memory_utilization=1.5)
+        plan_gpus(QWEN25_14B, H100, longest_prompt=100, settings=EngineSettings(gpu_memory_utilization=1.5))
 
 
 def test_unknown_size_needs_an_explicit_tensor_parallel_on_several_gpus():

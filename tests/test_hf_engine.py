@@ -8,6 +8,7 @@ import torch
 
 from wsdm_serve.engines.base import length_sorted_batches
 from wsdm_serve.engines.hf import HFEngine
+from wsdm_serve.engines.settings import EngineSettings
 from wsdm_serve.errors import WsdmError
 
 
@@ -26,7 +27,7 @@ def test_scores_equal_unbatched_last_position_logits(tiny_model_dir):
 
     generator = np.random.default_rng(0)
     sequences = [generator.integers(0, 151000, size=n).tolist() for n in (3, 40, 17, 17, 90, 1, 64)]
-    engine = HFEngine(tiny_model_dir, (32, 33), device="cpu", batch_tokens=128)
+    engine = HFEngine(tiny_model_dir, (32, 33), EngineSettings(name="hf", device="cpu", batch_tokens=128))
     got = engine.score(sequences)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     with torch.inference_mode():
@@ -38,7 +39,7 @@ def test_scores_equal_unbatched_last_position_logits(tiny_model_dir):
 
 def test_progress_counts_every_row_and_token(tiny_model_dir):
     seen = []
-    engine = HFEngine(tiny_model_dir, (32, 33), device="cpu", batch_tokens=16)
+    engine = HFEngine(tiny_model_dir, (32, 33), EngineSettings(name="hf", device="cpu", batch_tokens=16))
     engine.score([[1, 2, 3], [4, 5], [6] * 9], lambda rows, tokens: seen.append((rows, tokens)))
     assert sum(r for r, _ in seen) == 3 and sum(t for _, t in seen) == 14
 
@@ -51,9 +52,9 @@ def test_quantized_checkpoint_without_backend_is_a_clear_error(model_copy):
     config["quantization_config"] = {"quant_method": "gptq", "bits": 8, "group_size": 128, "desc_act": False}
     config_path.write_text(json.dumps(config))
     with pytest.raises(WsdmError, match=r"gptq 8-bit checkpoint cannot be loaded by the transformers engine"):
-        HFEngine(model_copy, (32, 33), device="cpu")
+        HFEngine(model_copy, (32, 33), EngineSettings(name="hf", device="cpu"))
 
 
 def test_empty_sequence_is_rejected(tiny_model_dir):
     with pytest.raises(WsdmError):
-        HFEngine(tiny_model_dir, (32, 33), device="cpu").score([[]])
+        HFEngine(tiny_model_dir, (32, 33), EngineSettings(name="hf", device="cpu")).score([[]])

@@ -14,11 +14,12 @@ import pytest
 
 from tests.conftest import ARENA_SAMPLE, PANDALM_LMSYS, console_script, run_cli
 from wsdm_serve.data import load_arena_rows
-from wsdm_serve.engines.select import EngineOptions
+from wsdm_serve.engines.settings import EngineSettings
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.jobs.local import run_local_job
 from wsdm_serve.jobs.units import plan_units
-from wsdm_serve.predict import PredictConfig, run_predict
+from wsdm_serve.judge import run_predict
+from wsdm_serve.settings import JudgeSettings
 from wsdm_serve.truncation import TruncationConfig
 
 BUDGET = 300
@@ -35,9 +36,9 @@ def table(tmp_path_factory):
 
 
 def config_for(model, tta="none", **kwargs):
-    return PredictConfig(
+    return JudgeSettings(
         model=model, tta=tta, progress=False, truncation=TruncationConfig(token_budget=BUDGET),
-        engine=EngineOptions(name="hf", device="cpu"), **kwargs,
+        engine=EngineSettings(name="hf", device="cpu"), **kwargs,
     )  # fmt: skip
 
 
@@ -107,7 +108,7 @@ def test_work_dir_scores_match_a_plain_run(table, tiny_model_dir, uninterrupted,
     rows = load_arena_rows(table)
     reference = run_predict(rows, config)
     np.testing.assert_allclose(plain[["p_a", "p_b"]].to_numpy(), reference.probs, atol=1e-5)
-    whole = run_local_job(rows, config, tmp_path / "w", inputs={}, normalization="reference", chunk_rows=64)
+    whole = run_local_job(rows, config, tmp_path / "w", inputs={}, chunk_rows=64)
     np.testing.assert_array_equal(whole.probs, reference.probs)
     np.testing.assert_array_equal(whole.forward, reference.forward)
     assert whole.n_tokens == reference.n_tokens
@@ -134,18 +135,18 @@ def test_other_input_or_foreign_folder_is_refused(table, tiny_model_dir, tmp_pat
     config = config_for(tiny_model_dir)
     rows = load_arena_rows(table)
     work = tmp_path / "work"
-    run_local_job(rows, config, work, inputs={"sha256": "a"}, normalization="reference", chunk_rows=32)
+    run_local_job(rows, config, work, inputs={"sha256": "a"}, chunk_rows=32)
     with pytest.raises(WsdmError, match=r"input.sha256 a -> b.*--restart"):
-        run_local_job(rows, config, work, inputs={"sha256": "b"}, normalization="reference", chunk_rows=32)
+        run_local_job(rows, config, work, inputs={"sha256": "b"}, chunk_rows=32)
     with pytest.raises(WsdmError, match=r"kind predict -> evaluate"):
-        run_local_job(rows, config, work, inputs={"sha256": "a"}, normalization="reference", chunk_rows=32,
+        run_local_job(rows, config, work, inputs={"sha256": "a"}, chunk_rows=32,
                       kind="evaluate")  # fmt: skip
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "cat.jpg").write_bytes(b"\xff")
     for restart in (False, True):
         with pytest.raises(WsdmError, match="is not a work folder"):
-            run_local_job(rows, config, foreign, inputs={}, normalization="reference", restart=restart)
+            run_local_job(rows, config, foreign, inputs={}, restart=restart)
     assert (foreign / "cat.jpg").exists()
     inside = run_cli("wsdm-serve", "predict", table, "--model", tiny_model_dir, "--out",
                      work / "sub.csv", "--work-dir", work, *CPU)  # fmt: skip
@@ -157,7 +158,7 @@ def test_time_budget_counts_time_spent_by_earlier_attempts(table, tiny_model_dir
     config = config_for(tiny_model_dir, "budget", time_budget_minutes=60)
     rows = load_arena_rows(table)
     work = tmp_path / "late"
-    fresh = run_local_job(rows, config, work, inputs={}, normalization="reference", chunk_rows=4)
+    fresh = run_local_job(rows, config, work, inputs={}, chunk_rows=4)
     assert len(fresh.rescored) == ROWS  # seconds of scoring fit many times into the budget
     for folder in ("forward", "swapped"):
         for file in (work / folder).glob("unit-00000[1-3].parquet"):
@@ -165,7 +166,7 @@ def test_time_budget_counts_time_spent_by_earlier_attempts(table, tiny_model_dir
     state = json.loads((work / "state.json").read_text())
     state.update(spent_seconds=59 * 60, tta_count=None)
     (work / "state.json").write_text(json.dumps(state))
-    resumed = run_local_job(rows, config, work, inputs={}, normalization="reference", chunk_rows=4)
+    resumed = run_local_job(rows, config, work, inputs={}, chunk_rows=4)
     assert len(resumed.rescored) == 0 and resumed.seconds > 59 * 60
     np.testing.assert_array_equal(resumed.forward, fresh.forward)
 

@@ -9,13 +9,16 @@ from tests.conftest import ARENA_SAMPLE
 from wsdm_serve.data import ArenaRows, load_arena_rows
 from wsdm_serve.engines.base import ScoringEngine
 from wsdm_serve.engines.hf import HFEngine
-from wsdm_serve.predict import Judge, PredictConfig, run_predict, write_predictions
+from wsdm_serve.engines.settings import EngineSettings
+from wsdm_serve.judge import Judge, run_predict
+from wsdm_serve.predict import write_predictions
 from wsdm_serve.prompt import letter_token_ids
+from wsdm_serve.settings import JudgeSettings
 from wsdm_serve.truncation import TruncationConfig
 
 
-def _config(model_dir, tta="none") -> PredictConfig:
-    return PredictConfig(
+def _config(model_dir, tta="none") -> JudgeSettings:
+    return JudgeSettings(
         model=model_dir, tta=tta, truncation=TruncationConfig(token_budget=400), progress=False
     )
 
@@ -51,7 +54,9 @@ def test_a_judge_leaves_an_engine_it_was_given_open(tiny_model_dir, tokenizer):
     """The seam tools/bench.py uses: passes timed without engine start-up, engine reused."""
     rows = load_arena_rows(ARENA_SAMPLE)
     config = _config(tiny_model_dir)
-    with HFEngine(tiny_model_dir, letter_token_ids(tokenizer), device="cpu") as engine:
+    with HFEngine(
+        tiny_model_dir, letter_token_ids(tokenizer), EngineSettings(name="hf", device="cpu")
+    ) as engine:
         with Judge(config, engine) as judge:
             first = judge.predict(rows)
         assert engine.model is not None
@@ -88,7 +93,9 @@ def test_a_running_engine_gets_prompts_chunk_by_chunk_with_the_same_result(tiny_
     token counts equal those of the whole-table path."""
     rows = load_arena_rows(ARENA_SAMPLE)
     config = _config(tiny_model_dir, tta="all")
-    with HFEngine(tiny_model_dir, letter_token_ids(tokenizer), device="cpu") as inner:
+    with HFEngine(
+        tiny_model_dir, letter_token_ids(tokenizer), EngineSettings(name="hf", device="cpu")
+    ) as inner:
         engine = ChunkByChunkEngine(inner)
         with Judge(config, engine) as judge:
             streamed = judge.predict(rows)

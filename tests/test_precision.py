@@ -18,12 +18,13 @@ import pytest
 from tests.conftest import ARENA_SAMPLE, PANDALM_TRAIN, TOKENIZER_DIR, run_cli, run_cli_loud
 from tests.test_gpu_plan import A100_40X3, GPTQ8, H100, L4X4, QWEN25_14B, QWEN25_14B_GPTQ8, T4X2
 from wsdm_serve.engines.gpu_plan import GIB, plan_gpus
-from wsdm_serve.engines.select import EngineOptions, check_options
+from wsdm_serve.engines.select import resolve_engine
+from wsdm_serve.engines.settings import EngineSettings
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.models.fp8 import Fp8Recipe, keep_recipe, matches, online_arguments
 from wsdm_serve.models.precision import check_model_precision, checkpoint_kind, vllm_arguments
 from wsdm_serve.models.shape import estimate_weight_bytes
-from wsdm_serve.predict import PredictConfig
+from wsdm_serve.settings import JudgeSettings, settings_from_options
 
 FP8_CHECKPOINT = {
     **QWEN25_14B,
@@ -51,18 +52,18 @@ def test_fp8_counts_linear_weights_at_one_byte():
     # 13.2 B linear parameters at one byte + the bf16 embeddings and head (3.1 GB).
     assert 15.0 < fp8 / GIB < 15.5 and fp8 == checkpoint
     assert fp8 < gptq8 < bf16  # GPTQ carries a scale and a zero point per group of 128
-    plan = plan_gpus(QWEN25_14B, H100, longest_prompt=10_200, fp8=True)
+    plan = plan_gpus(QWEN25_14B, H100, longest_prompt=10_200, settings=EngineSettings(precision="fp8"))
     assert "with FP8 weights" in plan.describe() and "~15.2 GiB of weights" in plan.describe()
 
 
 @pytest.mark.parametrize("gpus", [A100_40X3, T4X2])
 def test_fp8_on_gpus_without_fp8_tensor_cores_is_one_line(gpus):
     with pytest.raises(WsdmError, match=r"has no FP8 tensor cores \(needs compute capability 8.9\+"):
-        plan_gpus(QWEN25_14B, gpus, longest_prompt=1000, fp8=True)
+        plan_gpus(QWEN25_14B, gpus, longest_prompt=1000, settings=EngineSettings(precision="fp8"))
 
 
 def test_fp8_runs_on_ada_gpus():
-    plan = plan_gpus(QWEN25_14B, L4X4, longest_prompt=1000, fp8=True)
+    plan = plan_gpus(QWEN25_14B, L4X4, longest_prompt=1000, settings=EngineSettings(precision="fp8"))
     assert plan.fp8 and plan.dtype == "bfloat16"
 
 
@@ -125,20 +126,24 @@ def test_fp8_on_an_integer_checkpoint_names_the_convert_command(tmp_path):
 
 
 def test_fp8_with_the_hf_engine_is_refused_before_any_work():
-    for options in (EngineOptions(name="hf", precision="fp8"), EngineOptions(device="cpu", precision="fp8")):
+    for options in (
+        EngineSettings(name="hf", precision="fp8"),
+        EngineSettings(device="cpu", precision="fp8"),
+    ):
         with pytest.raises(WsdmError, match="vllm engine only"):
-            check_options(options)
+            resolve_engine(options)
     with pytest.raises(WsdmError, match="--precision int4: choose one of checkpoint, fp8"):
-        check_options(EngineOptions(precision="int4"))
+        resolve_engine(EngineSettings(precision="int4"))
 
 
-def test_predict_config_precision_is_the_engine_options_precision(tmp_path):
-    config = PredictConfig(model=tmp_path, precision="fp8")
+def test_the_judges_precision_is_the_engine_settings_precision(tmp_path):
+    """Precision lives in one place, the engine's settings; the judge's settings only read it."""
+    config = settings_from_options(tmp_path, precision="fp8")
     assert config.engine.precision == "fp8" and config.precision == "fp8"
-    assert PredictConfig(model=tmp_path, engine=EngineOptions(precision="fp8")).precision == "fp8"
-    assert PredictConfig(model=tmp_path).precision == "checkpoint"
-    with pytest.raises(ValueError, match="differ"):
-        PredictConfig(model=tmp_path, precision="checkpoint", engine=EngineOptions(precision="fp8"))
+    assert JudgeSettings(model=tmp_path, engine=EngineSettings(precision="fp8")).precision == "fp8"
+    assert JudgeSettings(model=tmp_path).precision == "checkpoint"
+    with pytest.raises(ValueError, match="precision='int4': must be one of checkpoint, fp8"):
+        settings_from_options(tmp_path, precision="int4")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -203,7 +208,7 @@ def test_hf_engine_on_a_gptq_checkpoint_names_convert(gptq_labelled):
     from wsdm_serve.engines.hf import HFEngine
 
     with pytest.raises(WsdmError) as caught:
-        HFEngine(gptq_labelled, (32, 33), device="cpu")
+        HFEngine(gptq_labelled, (32, 33), EngineSettings(name="hf", device="cpu"))
     assert f"wsdm-serve convert {gptq_labelled} --to bf16" in str(caught.value)
 
 
@@ -259,8 +264,8 @@ def test_vllm_runs_the_fp8_checkpoint_and_online_fp8_alike(tmp_path):
     import numpy as np
 
     from wsdm_serve.data import load_arena_rows
+    from wsdm_serve.judge import run_predict
     from wsdm_serve.models.convert import convert_checkpoint
-    from wsdm_serve.predict import run_predict
     from wsdm_serve.tiny import build_tiny_model
 
     model = build_tiny_model(
@@ -276,8 +281,8 @@ def test_vllm_runs_the_fp8_checkpoint_and_online_fp8_alike(tmp_path):
     rows = load_arena_rows(ARENA_SAMPLE)
 
     def probs(folder: Path, precision: str) -> np.ndarray:
-        options = EngineOptions(name="vllm", gpu_memory_utilization=0.3, precision=precision)
-        config = PredictConfig(model=folder, tta="none", engine=options, progress=False)
+        options = EngineSettings(name="vllm", gpu_memory_utilization=0.3, precision=precision)
+        config = JudgeSettings(model=folder, tta="none", engine=options, progress=False)
         return run_predict(rows, config).forward[:, 0]
 
     bf16, online, checkpoint = probs(model, "checkpoint"), probs(model, "fp8"), probs(fp8, "checkpoint")

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ARENA_SAMPLE, PANDALM_TRAIN, TOKENIZER_DIR, run_cli, run_cli_loud
+from wsdm_serve.engines.settings import EngineSettings
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.models.quantization import QuantSpec, verify_quantized_checkpoint
 
@@ -115,14 +116,15 @@ def test_more_samples_than_rows_uses_every_row(calibration_file):
 
 def score(model_dir: Path) -> np.ndarray:
     from wsdm_serve.data import load_arena_rows
-    from wsdm_serve.engines.select import EngineOptions
-    from wsdm_serve.predict import PredictConfig, run_predict
+    from wsdm_serve.engines.settings import EngineSettings
+    from wsdm_serve.judge import run_predict
+    from wsdm_serve.settings import JudgeSettings
 
-    config = PredictConfig(
+    config = JudgeSettings(
         model=model_dir,
         tta="none",
         progress=False,
-        engine=EngineOptions(name="hf", device="cpu", dtype="float32"),
+        engine=EngineSettings(name="hf", device="cpu", dtype="float32"),
     )
     return run_predict(load_arena_rows(ARENA_SAMPLE), config).probs[:, 0]
 
@@ -132,7 +134,7 @@ def test_transformers_engine_loads_it_and_p_a_stays_close(quantized_dir, base_di
 
     from wsdm_serve.engines.hf import HFEngine
 
-    engine = HFEngine(quantized_dir, (32, 33), device="cpu", dtype="float32")
+    engine = HFEngine(quantized_dir, (32, 33), EngineSettings(name="hf", device="cpu", dtype="float32"))
     linear = engine.model.model.layers[0].mlp.down_proj
 
     full = (

@@ -11,12 +11,14 @@ import pytest
 
 from tests.conftest import ARENA_SAMPLE, run_cli
 from wsdm_serve.data import load_arena_rows
-from wsdm_serve.engines.select import EngineOptions
+from wsdm_serve.engines.settings import EngineSettings
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.jobs.local import run_local_job
 from wsdm_serve.jobs.output import write_shard_folder
 from wsdm_serve.jobs.ray_job import run_ray_job
-from wsdm_serve.predict import PredictConfig, run_predict, write_predictions
+from wsdm_serve.judge import run_predict
+from wsdm_serve.predict import write_predictions
+from wsdm_serve.settings import JudgeSettings
 from wsdm_serve.truncation import TruncationConfig
 
 ray = pytest.importorskip("ray")
@@ -46,16 +48,16 @@ def shards(tmp_path_factory):
     return folder
 
 
-def config_for(model, tta: str) -> PredictConfig:
-    return PredictConfig(
+def config_for(model, tta: str) -> JudgeSettings:
+    return JudgeSettings(
         model=model, tta=tta, progress=False, truncation=TruncationConfig(token_budget=BUDGET),
-        engine=EngineOptions(name="hf", device="cpu"),
+        engine=EngineSettings(name="hf", device="cpu"),
     )  # fmt: skip
 
 
 def run(source, config, **kwargs):
     options = {"address": None, "work_dir": None, "restart": False, "chunk_rows": 1024,
-               "normalization": "reference", "started_at": None}  # fmt: skip
+               "started_at": None}  # fmt: skip
     options.update(kwargs)
     options["started_at"] = options["started_at"] or time.time()
     return run_ray_job(str(source), config, quiet=True, **options)
@@ -126,8 +128,7 @@ def test_cli_joins_the_cluster_and_matches_a_local_work_dir_run(cluster, tiny_mo
     assert distributed.returncode == 0, distributed.stderr
     assert "predict: 20 rows" in distributed.stderr and "20 rows re-scored by TTA" in distributed.stderr
     config = replace(config_for(tiny_model_dir, "budget"), time_budget_minutes=600)
-    local = run_local_job(load_arena_rows(table), config, tmp_path / "work", inputs={},
-                          normalization="reference", chunk_rows=6)  # fmt: skip
+    local = run_local_job(load_arena_rows(table), config, tmp_path / "work", inputs={}, chunk_rows=6)
     write_predictions(local, tmp_path / "one.csv", tmp_path / "one.parquet")
     assert out.read_bytes() == (tmp_path / "one.csv").read_bytes()
     pd.testing.assert_frame_equal(

@@ -21,9 +21,10 @@ from tests.conftest import ARENA_SAMPLE
 from tests.server_helpers import TIMEOUT, TRUNCATION, metric, pair, running, serve_config
 from wsdm_serve.data import load_arena_rows
 from wsdm_serve.engines.asynchronous import BatchingOptions
-from wsdm_serve.predict import Judge, PredictConfig
+from wsdm_serve.judge import Judge
 from wsdm_serve.prompt import letter_token_ids
 from wsdm_serve.server.service import JudgeService
+from wsdm_serve.settings import JudgeSettings
 
 MAX_PAIRS = 16
 MAX_BODY = 1024 * 1024
@@ -58,7 +59,7 @@ def raw_pairs(frame: pd.DataFrame) -> list[dict]:
 @pytest.fixture(scope="module")
 def offline(tiny_model_dir):
     """Judge.predict with every row re-scored swapped: ``forward`` is what predict gives without TTA."""
-    config = PredictConfig(model=tiny_model_dir, tta="all", truncation=TRUNCATION, progress=False)
+    config = JudgeSettings(model=tiny_model_dir, tta="all", truncation=TRUNCATION, progress=False)
     with Judge(config) as judge:
         yield judge
 

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import ARENA_SAMPLE, TOKENIZER_DIR, run_cli
-from wsdm_serve.engines.select import EngineOptions, create_engine
-from wsdm_serve.engines.vllm_setup import VLLM_MISSING, engine_kwargs, letter_logprobs, sampling_kwargs
+from wsdm_serve.engines.select import create_engine
+from wsdm_serve.engines.settings import EngineSettings
+from wsdm_serve.engines.vllm_setup import VLLM_MISSING, VLLMLaunch, letter_logprobs, sampling_kwargs
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.tta import softmax2
 
@@ -109,15 +110,16 @@ def test_outputs_without_logprobs_or_completions_are_errors():
 
 
 def test_engine_arguments_keep_the_checkpoints_quantization_and_read_both_letters():
-    kwargs = engine_kwargs(
+    kwargs = VLLMLaunch(
         "/models/judge",
+        (A, B),
         tensor_parallel=2,
         dtype="float16",
         max_model_len=10_301,
         gpu_memory_utilization=0.95,
         enforce_eager=True,
         trust_remote_code=False,
-    )
+    ).engine_kwargs()
     assert "quantization" not in kwargs  # vLLM picks gptq_marlin/Machete from the checkpoint
     assert kwargs["logprobs_mode"] == "processed_logprobs"
     assert kwargs["enable_prefix_caching"] is True
@@ -127,10 +129,10 @@ def test_engine_arguments_keep_the_checkpoints_quantization_and_read_both_letter
         "float16",
         10_301,
     )
-    experiment = engine_kwargs(
-        "/models/judge", tensor_parallel=1, dtype="bfloat16", max_model_len=100, gpu_memory_utilization=0.9,
+    experiment = VLLMLaunch(
+        "/models/judge", (A, B), tensor_parallel=1, dtype="bfloat16", max_model_len=100, gpu_memory_utilization=0.9,
         enforce_eager=True, trust_remote_code=False, extra_args={"enforce_eager": False, "max_num_seqs": 64},
-    )  # fmt: skip
+    ).engine_kwargs()  # fmt: skip
     assert (experiment["enforce_eager"], experiment["max_num_seqs"]) == (False, 64)
     sampling = sampling_kwargs((A, B))
     assert sampling["allowed_token_ids"] == [A, B]
@@ -148,15 +150,16 @@ def test_engine_and_sampling_arguments_exist_in_the_installed_vllm():
     from vllm import SamplingParams
     from vllm.engine.arg_utils import EngineArgs
 
-    kwargs = engine_kwargs(
+    kwargs = VLLMLaunch(
         "/m",
+        (A, B),
         tensor_parallel=1,
         dtype="bfloat16",
         max_model_len=100,
         gpu_memory_utilization=0.9,
         enforce_eager=True,
         trust_remote_code=False,
-    )
+    ).engine_kwargs()
     fields = {f.name for f in dataclasses.fields(EngineArgs)}
     assert set(kwargs) - fields == set()
     params = SamplingParams(**sampling_kwargs((A, B)))
@@ -223,20 +226,27 @@ def test_bad_vllm_option_values_are_rejected_by_the_cli(tiny_model_dir, tmp_path
 
 
 def test_the_servers_vllm_engine_takes_the_scheduler_step_from_the_options(tiny_model_dir):
-    """--max-num-batched-tokens reaches the server's engine through EngineOptions like the offline
-    one's; an explicit argument (the benchmarks') wins. Nothing of vLLM is loaded before start()."""
+    """--max-num-batched-tokens reaches the server's engine through its EngineSettings like the
+    offline one's, into the engine arguments of its plan. Nothing of vLLM is loaded before start()."""
+    from wsdm_serve.engines.gpu_plan import GIB, GpuInfo, plan_gpus
     from wsdm_serve.engines.vllm_async import VLLMAsyncEngine
+    from wsdm_serve.engines.vllm_setup import launch_of
+    from wsdm_serve.models.folder import ModelFolder
+    from wsdm_serve.tiny import QWEN25_14B_SHAPE
 
-    options = EngineOptions(name="vllm", max_num_batched_tokens=32768)
-    assert VLLMAsyncEngine(tiny_model_dir, (A, B), 100, options).max_num_batched_tokens == 32768
-    explicit = VLLMAsyncEngine(tiny_model_dir, (A, B), 100, options, max_num_batched_tokens=8192)
-    assert explicit.max_num_batched_tokens == 8192
-    assert VLLMAsyncEngine(tiny_model_dir, (A, B), 100, EngineOptions()).max_num_batched_tokens is None
+    H100 = [GpuInfo(0, "NVIDIA H100 80GB HBM3", int(79.1 * GIB), (9, 0))]
+    options = EngineSettings(name="vllm", max_num_batched_tokens=32768)
+    engine = VLLMAsyncEngine(tiny_model_dir, (A, B), 100, options)
+    assert engine.settings.max_num_batched_tokens == 32768 and engine.llm is None
+    plan = plan_gpus(QWEN25_14B_SHAPE, H100, longest_prompt=100, settings=options)
+    folder = ModelFolder(tiny_model_dir)
+    assert launch_of(plan, folder, (A, B), options).engine_kwargs()["max_num_batched_tokens"] == 32768
+    assert "max_num_batched_tokens" not in launch_of(plan, folder, (A, B), EngineSettings()).engine_kwargs()
 
 
 @pytest.mark.skipif(not vllm_missing, reason="checks the fallback where vLLM is not installed")
 def test_auto_falls_back_to_hf_and_says_which_options_it_ignored(tiny_model_dir, caplog):
-    options = EngineOptions(name="auto", gpus="0", device="cpu")
+    options = EngineSettings(name="auto", gpus="0", device="cpu")
     with caplog.at_level("WARNING"), create_engine(tiny_model_dir, (A, B), 100, options) as engine:
         assert engine.name == "hf"
     assert "--gpus ignored" in caplog.text
@@ -293,7 +303,8 @@ def test_vllm_engine_streams_chunks_and_stays_usable_after_a_failed_one(tmp_path
     if reason:
         pytest.skip(reason)
     from wsdm_serve.data import load_arena_rows
-    from wsdm_serve.predict import Judge, PredictConfig
+    from wsdm_serve.judge import Judge
+    from wsdm_serve.settings import JudgeSettings
     from wsdm_serve.tiny import build_tiny_model
 
     # The shared fixture's head size (16) is below what vLLM's attention kernels take; parity.py's shape.
@@ -307,8 +318,8 @@ def test_vllm_engine_streams_chunks_and_stays_usable_after_a_failed_one(tmp_path
         init_std=0.1,
     )
     rows = load_arena_rows(ARENA_SAMPLE)
-    options = EngineOptions(name="vllm", dtype="float32", gpu_memory_utilization=0.3)
-    config = PredictConfig(model=model, tta="all", engine=options, progress=False)
+    options = EngineSettings(name="vllm", dtype="float32", gpu_memory_utilization=0.3)
+    config = JudgeSettings(model=model, tta="all", engine=options, progress=False)
     with Judge(config) as judge:
         whole = judge.predict(rows)  # sizes and starts the engine, then scores the table at once
         streamed = judge.predict(rows)  # the engine is running: chunks of 16 rows stream in

@@ -247,9 +247,9 @@ def load_workload(workdir: Path):
 
 
 def predict_config(model_dir: Path):
-    from wsdm_serve.predict import PredictConfig
+    from wsdm_serve.settings import JudgeSettings
 
-    return PredictConfig(model=model_dir, tta="none", progress=False)
+    return JudgeSettings(model=model_dir, tta="none", progress=False)
 
 
 def predict_and_write(judge, rows, workdir: Path):
@@ -338,9 +338,10 @@ def worker_vllm(args, config, name: str) -> None:
     import numpy as np
     import vllm
 
+    from wsdm_serve.engines.settings import EngineSettings
     from wsdm_serve.engines.vllm import VLLMEngine
     from wsdm_serve.engines.vllm_setup import letter_logprobs
-    from wsdm_serve.predict import Judge
+    from wsdm_serve.judge import Judge
     from wsdm_serve.prompt import letter_token_ids
     from wsdm_serve.tokenizer import load_tokenizer
     from wsdm_serve.tta import softmax2
@@ -365,17 +366,21 @@ def worker_vllm(args, config, name: str) -> None:
     letters = letter_token_ids(tokenizer)
     lengths = [len(ids) for ids in token_ids]
     started = time.perf_counter()
-    engine = VLLMEngine(
-        model_dir,
-        letters,
-        max(lengths),
+    settings = EngineSettings(
+        name="vllm",
         dtype="bfloat16",
         gpu_memory_utilization=args.gpu_memory_utilization,
         load_format="dummy",
         max_num_batched_tokens=args.max_num_batched_tokens,
-        extra_args=vllm_args,
         # vllm-fp8: the bf16 config quantized by vLLM at load with the default recipe (--precision fp8)
         precision="fp8" if base == "vllm-fp8" else "checkpoint",
+    )
+    engine = VLLMEngine(
+        model_dir,
+        letters,
+        max(lengths),
+        settings,
+        extra_args=vllm_args,
         fp8_recipe=recipe if base == "vllm-fp8" else None,
     )
     startup = time.perf_counter() - started
@@ -453,7 +458,7 @@ def worker_hf(args, config) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from wsdm_serve.engines.hf import HFEngine
-    from wsdm_serve.predict import Judge
+    from wsdm_serve.judge import Judge
     from wsdm_serve.prompt import letter_token_ids
     from wsdm_serve.tokenizer import load_tokenizer
 

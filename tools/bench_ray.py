@@ -38,12 +38,12 @@ import bench  # noqa: E402  (the workload and model folder helpers)
 TARGET = 0.9
 
 
-def engine_options(args):
-    from wsdm_serve.engines.select import EngineOptions
+def engine_settings(args):
+    from wsdm_serve.engines.settings import EngineSettings
 
     if args.engine == "hf":  # a CPU smoke test of this script: a tiny model with real weights
-        return EngineOptions(name="hf", device="cpu")
-    return EngineOptions(
+        return EngineSettings(name="hf", device="cpu")
+    return EngineSettings(
         name="vllm", dtype="bfloat16", load_format="dummy", gpu_memory_utilization=args.gpu_memory_utilization
     )
 
@@ -53,19 +53,17 @@ def model_dir(args, workdir: Path) -> Path:
 
 
 def predict_config(args, model_dir: Path):
-    from wsdm_serve.predict import PredictConfig
+    from wsdm_serve.settings import JudgeSettings
 
-    return PredictConfig(model=model_dir, tta="none", engine=engine_options(args), progress=False)
+    return JudgeSettings(model=model_dir, tta="none", engine=engine_settings(args), progress=False)
 
 
 def worker_single(args, workdir: Path) -> dict:
     import pandas as pd
 
     from wsdm_serve.data import load_arena_rows
-    from wsdm_serve.engines.hf import HFEngine
-    from wsdm_serve.engines.vllm import VLLMEngine
-    from wsdm_serve.jobs.local import prompt_length_bound
-    from wsdm_serve.predict import Judge, write_predictions
+    from wsdm_serve.judge import Judge
+    from wsdm_serve.predict import write_predictions
 
     _, token_ids = bench.load_workload(workdir)
     # Read as the Ray path reads its shards (checked and normalised), so both score the same prompts.
@@ -74,17 +72,9 @@ def worker_single(args, workdir: Path) -> dict:
     config = predict_config(args, folder)
     judge = Judge(config)
     started = time.perf_counter()
-    if args.engine == "hf":
-        engine = HFEngine(folder, judge.letters, device="cpu")
-    else:
-        # Sized as the Ray actors size theirs: for the longest prompt truncation lets through.
-        longest = prompt_length_bound(judge.tokenizer, config.truncation)
-        engine = VLLMEngine(
-            folder, judge.letters, longest, dtype="bfloat16",
-            gpu_memory_utilization=args.gpu_memory_utilization, load_format="dummy",
-        )  # fmt: skip
+    # Sized as the Ray actors size theirs: for the longest prompt truncation lets through.
+    engine = judge.start()
     startup = time.perf_counter() - started
-    judge = Judge(config, engine)
     engine.score([token_ids[i] for i in range(0, len(token_ids), max(1, len(token_ids) // 16))])  # warm-up
     if args.engine == "vllm":
         engine.scorer.reset_prefix_cache()
@@ -113,7 +103,7 @@ def worker_ray(args, workdir: Path) -> dict:
     ray_up = time.perf_counter() - started
     job = ray_job.run_ray_job(
         str(workdir / "shards"), predict_config(args, model_dir(args, workdir)), address=None, work_dir=None,
-        restart=False, chunk_rows=args.chunk_rows, normalization="reference", started_at=time.time(),
+        restart=False, chunk_rows=args.chunk_rows, started_at=time.time(),
         quiet=not args.verbose,
     )  # fmt: skip
     shards, ids, result = job
@@ -146,7 +136,7 @@ def worker_workdir(args, workdir: Path) -> dict:
     config = predict_config(args, model_dir(args, workdir))
     started = time.perf_counter()
     result = run_local_job(
-        rows, config, workdir / "work", inputs={}, normalization="reference", restart=True,
+        rows, config, workdir / "work", inputs={}, restart=True,
         chunk_rows=args.chunk_rows,
     )  # fmt: skip
     seconds = time.perf_counter() - started

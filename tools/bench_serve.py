@@ -92,13 +92,15 @@ def slice_rows(rows, start: int, stop: int):
 class Service:
     """The HTTP service on a free port, in a thread of this process, with a handle on its loop."""
 
-    def __init__(self, model_dir: Path, engine_options, make_engine=None) -> None:
+    def __init__(self, model_dir: Path, engine_settings, make_engine=None) -> None:
         from wsdm_serve.server.config import ServeConfig
         from wsdm_serve.server.runner import JudgeServer, bind_socket
         from wsdm_serve.server.service import JudgeService
+        from wsdm_serve.settings import JudgeSettings
 
         started = time.perf_counter()
-        config = ServeConfig(model=model_dir, engine=engine_options, max_queued_pairs=100_000)
+        judge = JudgeSettings(model=model_dir, engine=engine_settings)
+        config = ServeConfig(judge=judge, max_queued_pairs=100_000)
         self.service = JudgeService.prepare(config, make_engine)
         self.server = JudgeServer(self.service, bind_socket("127.0.0.1", 0)).start()
         self.server.wait_ready(timeout=600)
@@ -195,13 +197,13 @@ async def run_level(
 
 
 # ---------------------------------------------------------------------------------- workers
-def engine_options(args, dtype: str, **vllm_settings):
+def engine_settings(args, dtype: str, **vllm_settings):
     """The engine of a measurement: vllm (the benchmark), or hf to run the tool's machinery on a CPU."""
-    from wsdm_serve.engines.select import EngineOptions
+    from wsdm_serve.engines.settings import EngineSettings
 
     if args.engine == "hf":
-        return EngineOptions(name="hf", dtype=dtype)
-    return EngineOptions(name="vllm", dtype=dtype, **vllm_settings)
+        return EngineSettings(name="hf", dtype=dtype)
+    return EngineSettings(name="vllm", dtype=dtype, **vllm_settings)
 
 
 def random_hf_engine(model_dir: Path, letters, dtype: str = "float32"):
@@ -222,7 +224,8 @@ def random_hf_engine(model_dir: Path, letters, dtype: str = "float32"):
 def worker_parity(args) -> None:
     import numpy as np
 
-    from wsdm_serve.predict import Judge, PredictConfig
+    from wsdm_serve.judge import Judge
+    from wsdm_serve.settings import JudgeSettings
     from wsdm_serve.tiny import build_tiny_model
 
     workdir = Path(args.workdir)
@@ -233,8 +236,8 @@ def worker_parity(args) -> None:
         workdir / "parity-model", bench.TOKENIZER_DIR, hidden_size=256, heads=4, kv_heads=2,
         intermediate_size=512, init_std=0.1,
     )  # fmt: skip
-    options = engine_options(args, "float32", gpu_memory_utilization=0.3)
-    with Judge(PredictConfig(model=model, tta="all", engine=options, progress=False)) as judge:
+    options = engine_settings(args, "float32", gpu_memory_utilization=0.3)
+    with Judge(JudgeSettings(model=model, tta="all", engine=options, progress=False)) as judge:
         offline = judge.predict(rows)
     service = Service(model, options)
     try:
@@ -276,8 +279,9 @@ def worker_parity(args) -> None:
 
 
 def worker_offline(args, config) -> None:
+    from wsdm_serve.engines.settings import EngineSettings
     from wsdm_serve.engines.vllm import VLLMEngine
-    from wsdm_serve.predict import Judge
+    from wsdm_serve.judge import Judge
     from wsdm_serve.prompt import letter_token_ids
     from wsdm_serve.tokenizer import load_tokenizer
 
@@ -290,10 +294,13 @@ def worker_offline(args, config) -> None:
     if args.engine == "hf":
         engine = random_hf_engine(model_dir, letters)
     else:
-        engine = VLLMEngine(
-            model_dir, letters, max(len(ids) for ids in token_ids), dtype="bfloat16",
-            gpu_memory_utilization=args.gpu_memory_utilization, load_format="dummy",
-        )  # fmt: skip
+        settings = EngineSettings(
+            name="vllm",
+            dtype="bfloat16",
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            load_format="dummy",
+        )
+        engine = VLLMEngine(model_dir, letters, max(len(ids) for ids in token_ids), settings)
     startup = time.perf_counter() - started
     print(f"[offline] engine up in {startup:.1f} s: {engine.describe()}", flush=True)
     judge = Judge(bench.predict_config(model_dir), engine)
@@ -328,7 +335,7 @@ def worker_server(args) -> None:
     load = pairs_of(rows, 0, args.rows)
     probes = pairs_of(rows, args.rows, len(rows))
     model_dir = workdir / "vllm-bf16"
-    options = engine_options(
+    options = engine_settings(
         args, "bfloat16", gpu_memory_utilization=args.gpu_memory_utilization, load_format="dummy"
     )
     make_engine = None

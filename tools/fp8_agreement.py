@@ -2,7 +2,7 @@
 
 The rows of a labelled table (``id, prompt, response_a, response_b, winner``; ties left out), and
 optionally of an unlabelled one (``--unlabelled``: counted for agreement, not accuracy), are
-prompted once by a :class:`~wsdm_serve.predict.Judge` (the package's truncation and prompt), then
+prompted once by a :class:`~wsdm_serve.judge.Judge` (the package's truncation and prompt), then
 scored, forward order, by the vllm engine once per recipe: bf16 first (the reference), then
 
   online:fp8                  vLLM's own online FP8 (``quantization="fp8"``: one scale per weight
@@ -129,20 +129,25 @@ def plan_recipe(name: str, args, workdir: Path) -> dict | None:
 
 def score(plan: dict, prompts, letters, args):
     """P(A) of every prompt with one engine, started for this recipe and closed after it."""
+    from wsdm_serve.engines.settings import EngineSettings
     from wsdm_serve.tta import softmax2
 
     started = time.perf_counter()
     if args.engine == "vllm":
         from wsdm_serve.engines.vllm import VLLMEngine
 
-        engine = VLLMEngine(
-            plan["folder"],
-            letters,
-            prompts.longest,
+        settings = EngineSettings(
+            name="vllm",
             max_model_len=prompts.longest + 1,
             enforce_eager=True,
             gpu_memory_utilization=args.gpu_memory_utilization,
             precision=plan["precision"],
+        )
+        engine = VLLMEngine(
+            plan["folder"],
+            letters,
+            prompts.longest,
+            settings,
             fp8_recipe=plan.get("recipe"),
             extra_args=plan["extra"],
         )
@@ -150,7 +155,8 @@ def score(plan: dict, prompts, letters, args):
     else:
         from wsdm_serve.engines.hf import HFEngine
 
-        engine = HFEngine(plan["folder"], letters, device=args.device, dtype=args.hf_dtype)
+        settings = EngineSettings(name="hf", device=args.device, dtype=args.hf_dtype)
+        engine = HFEngine(plan["folder"], letters, settings)
         described = f"hf: {engine.device}, {engine.dtype}"
     up = time.perf_counter() - started
     try:
@@ -213,15 +219,16 @@ def run(args) -> dict:
 
     from wsdm_serve.data import arena_rows_from_frame, read_table
     from wsdm_serve.evaluate import load_labelled
+    from wsdm_serve.judge import Judge
     from wsdm_serve.outputs import atomic_write
-    from wsdm_serve.predict import Judge, PredictConfig
+    from wsdm_serve.settings import JudgeSettings
 
     started = time.time()
     table = load_labelled(args.data, args.rows)
     rows = arena_rows_from_frame(table.frame, args.data)
     if args.unlabelled:
         rows = joined(rows, arena_rows_from_frame(read_table(args.unlabelled), args.unlabelled))
-    with Judge(PredictConfig(model=Path(args.model), tta="none", progress=False)) as judge:
+    with Judge(JudgeSettings(model=Path(args.model), tta="none", progress=False)) as judge:
         prompts = judge.prompts(rows)  # the package's truncation and judge prompt, forward order
         letters = judge.letters
     tokens = int(prompts.n_tokens.sum())

@@ -145,11 +145,13 @@ def hf_letter_logits(model_dir: Path, sequences, letters) -> list[list[float]]:
     import torch
 
     from wsdm_serve.engines.hf import HFEngine
+    from wsdm_serve.engines.settings import EngineSettings
 
     cuda = torch.cuda.is_available()
-    with HFEngine(
-        model_dir, letters, device="cuda" if cuda else "cpu", dtype="bfloat16" if cuda else "float32"
-    ) as engine:
+    settings = EngineSettings(
+        name="hf", device="cuda" if cuda else "cpu", dtype="bfloat16" if cuda else "float32"
+    )
+    with HFEngine(model_dir, letters, settings) as engine:
         return engine.score(sequences).tolist()
 
 

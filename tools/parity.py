@@ -70,23 +70,24 @@ def worker(args) -> None:
 
     data = json.loads(Path(args.sequences).read_text())
     sequences, letters = data["sequences"], tuple(data["letters"])
+    from wsdm_serve.engines.settings import EngineSettings
+
     if args.worker == "hf":
         from wsdm_serve.engines.hf import HFEngine
 
-        engine = HFEngine(args.model, letters, device="auto", dtype=args.dtype)
+        engine = HFEngine(args.model, letters, EngineSettings(name="hf", dtype=args.dtype))
         description = f"transformers on {engine.device}, {engine.dtype}"
     else:
         from wsdm_serve.engines.vllm import VLLMEngine
 
-        engine = VLLMEngine(
-            args.model,
-            letters,
-            max(len(s) for s in sequences),
+        settings = EngineSettings(
+            name="vllm",
             gpus=args.gpus,
             tensor_parallel=args.tensor_parallel,
             dtype=args.dtype,
             gpu_memory_utilization=args.gpu_memory_utilization,
         )
+        engine = VLLMEngine(args.model, letters, max(len(s) for s in sequences), settings)
         description = engine.plan.describe()
     print(f"[{args.worker}] {description}", flush=True)
     with engine:

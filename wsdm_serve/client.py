@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
+
+from .pairs import Pair, pair_records
 
 RETRY_STATUSES = (429, 503)
 
@@ -32,9 +34,6 @@ class JudgeError(Exception):
         self.status = status
         self.message = message
         self.body = body or {}
-
-
-Pair = Mapping[str, Any] | Sequence[str]
 
 
 class JudgeClient:
@@ -81,7 +80,7 @@ class JudgeClient:
     ) -> list[dict]:
         """The server's full result of every pair (``id, p_a, p_b, winner`` and, with
         ``swap="all"``, ``p_a_forward, p_a_swapped``), in order."""
-        items = [_as_pair(pair) for pair in pairs]
+        items = pair_records(pairs, check=False)  # the server checks the fields and answers 422
         size = self.batch_size or max(len(items), 1)
         results: list[dict] = []
         for start in range(0, len(items), size):
@@ -147,13 +146,6 @@ class JudgeClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _as_pair(pair: Pair) -> dict:
-    if isinstance(pair, Mapping):
-        return dict(pair)
-    prompt, response_a, response_b = pair
-    return {"prompt": prompt, "response_a": response_a, "response_b": response_b}
 
 
 def _json(response: httpx.Response) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import WsdmError
+from .pairs import PairError, pair_records
 from .textnorm import Normalization, normalize_prompt, normalize_response
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,36 @@ def arena_rows_from_records(
         },
         null_text_cells=0,
     )
+
+
+def arena_rows_from_pairs(pairs, normalization: Normalization = "reference") -> ArenaRows:
+    """Rows from what a Python caller hands the judge: :class:`ArenaRows` (taken as they are), a
+    DataFrame with the arena columns (``id`` optional), or a sequence of pairs (mappings with
+    ``prompt``, ``response_a``, ``response_b`` and optionally ``id``, or ``(prompt, a, b)`` tuples).
+
+    Pairs without an id are numbered by position from 0; texts are normalised as a table's are.
+    """
+    if isinstance(pairs, ArenaRows):
+        return pairs
+    if isinstance(pairs, pd.DataFrame):
+        frame = pairs if "id" in pairs.columns else pairs.assign(id=range(len(pairs)))
+        try:
+            return arena_rows_from_frame(frame, "pairs (DataFrame)", normalization)
+        except WsdmError as exc:  # a ValueError for Python callers, like every other bad pair
+            raise PairError(str(exc)) from None
+    records = pair_records(pairs)
+    if not records:
+        raise PairError("pairs: no pairs to judge")
+    seen: dict = {}
+    for index, record in enumerate(records):
+        record.setdefault("id", index)
+        try:
+            first = seen.setdefault(record["id"], index)
+        except TypeError:
+            raise PairError(f"pairs[{index}].id: must be hashable (a string or a number)") from None
+        if first != index:
+            raise PairError(f"pairs: duplicate id {record['id']!r} at pairs[{first}] and pairs[{index}]")
+    return arena_rows_from_records(records, normalization)
 
 
 def normalize_column(

@@ -180,20 +180,16 @@ def scored_from_probs(table: LabelledTable, probs_path: str | Path, source: str 
     )
 
 
-def scored_from_model(
-    table: LabelledTable, source: str | Path, config, normalization: str = "reference", predict=None
-) -> Scored:
-    """Score every row in both orders (``config`` is a PredictConfig; its TTA mode is forced to all).
-
-    ``predict(rows, config)`` scores them, ``run_predict`` unless given (a resumable job is).
-    """
+def scored_from_model(table: LabelledTable, source: str | Path, settings, predict=None) -> Scored:
+    """Score every row in both orders (``settings`` are JudgeSettings; their TTA mode is forced to
+    all). ``predict(rows, settings)`` scores them, ``run_predict`` unless given (a resumable job is)."""
     from dataclasses import replace
 
     from .data import arena_rows_from_frame
-    from .predict import run_predict
+    from .judge import run_predict
 
-    rows = arena_rows_from_frame(table.frame, source, normalization)
-    result = (predict or run_predict)(rows, replace(config, tta="all"))
+    rows = arena_rows_from_frame(table.frame, source, settings.text_normalization)
+    result = (predict or run_predict)(rows, replace(settings, tta="all"))
     swapped = np.full_like(result.forward, np.nan)
     swapped[result.rescored] = result.swapped
     return Scored(

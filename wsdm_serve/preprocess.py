@@ -22,6 +22,9 @@ CHUNK_ROWS = 256
 STREAM_CHUNK_ROWS = (16, 32, 64, 128, CHUNK_ROWS)
 """Chunk sizes when prompts are streamed into a running engine: the first chunk is small so the GPU
 starts within milliseconds; the last size repeats."""
+PROMPT_SLACK_TOKENS = 64
+"""Tokens a truncated prompt may exceed the budget by: re-encoding cut text can merge or split a few
+tokens at each cut. A prompt beyond the bound is a one-line error of the engine, never a wrong score."""
 
 
 @dataclass
@@ -135,3 +138,12 @@ def build_prompts(
 def tokenize_prompts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Finished prompts already hold the template's special tokens, so none are added."""
     return encode_texts(tokenizer, texts)
+
+
+def longest_admissible_prompt(tokenizer, config: TruncationConfig = INFERENCE_TRUNCATION) -> int:
+    """Tokens of the longest prompt truncation lets through: the template around empty texts, the
+    token budget (or the query cap, which a query alone may reach when the budget is below it) and
+    :data:`PROMPT_SLACK_TOKENS`. An engine that must take any row before it sees them (a server, a
+    job scored unit by unit) is sized for this."""
+    template = tokenize_prompts(tokenizer, [JudgePrompt(tokenizer).render("", "", "")])[0]
+    return len(template) + max(config.token_budget, config.query_token_cap) + PROMPT_SLACK_TOKENS

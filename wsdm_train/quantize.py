@@ -29,8 +29,8 @@ from pathlib import Path
 
 from wsdm_serve.data import read_table
 from wsdm_serve.errors import WsdmError
+from wsdm_serve.models.folder import read_model_config
 from wsdm_serve.models.quantization import verify_quantized_checkpoint
-from wsdm_serve.models.shape import read_model_config
 from wsdm_serve.outputs import atomic_directory
 
 from .config import Config, QuantizeConfig

@@ -15,14 +15,7 @@ from .. import __version__
 from ..errors import EXIT_USAGE, WsdmError, user_errors
 from ..tta import TTA_MODES
 from .jobs import evaluate_predict, hint_work_dir, job_options, predict_job
-from .options import (
-    DEFAULT_MODEL,
-    DEFAULT_SUBMISSION,
-    engine_options,
-    model_options,
-    setup_logging,
-    truncation_options,
-)
+from .options import DEFAULT_MODEL, DEFAULT_SUBMISSION, judge_options, setup_logging
 
 STARTED_AT = time.time()
 
@@ -41,13 +34,6 @@ def main(ctx: click.Context, quiet: bool) -> None:
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option(
-    "--model",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Model folder (weights, config, tokenizer).",
-)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -74,63 +60,28 @@ def main(ctx: click.Context, quiet: bool) -> None:
     default=None,
     help="Minutes for the whole job with --tta budget [default: the reference's rule from the row count].",
 )
-@engine_options
-@truncation_options
-@model_options
+@judge_options()
 @job_options(ray=True)
 @click.pass_context
 @user_errors
-def predict(
-    ctx,
-    path,
-    model,
-    out,
-    probs,
-    tta,
-    time_budget,
-    engine_options,
-    token_budget,
-    response_word_cap,
-    text_normalization,
-    trust_remote_code,
-    job,
-) -> None:
+def predict(ctx, path, out, probs, settings, job) -> None:
     """Predict the winner of every row of PATH (parquet, csv or jsonl) and write a submission."""
     from ..data import load_arena_rows
+    from ..judge import run_predict
     from ..outputs import check_writable
-    from ..predict import PredictConfig, run_predict, write_predictions
-    from ..truncation import TruncationConfig
+    from ..predict import write_predictions
 
-    quiet = ctx.obj["quiet"]
     if job.active:
-        config = PredictConfig(
-            model=model,
-            tta=tta,
-            time_budget_minutes=time_budget,
-            truncation=TruncationConfig(token_budget=token_budget, response_word_cap=response_word_cap),
-            engine=engine_options,
-            trust_remote_code=trust_remote_code,
-            progress=not quiet,
-        )
-        predict_job(path, out, probs, config, text_normalization, job, STARTED_AT, quiet)
+        predict_job(path, out, probs, settings, job, STARTED_AT, ctx.obj["quiet"])
         return
     if probs is not None and probs.suffix.lower() != ".parquet":
         raise WsdmError(f"{probs}: --probs writes parquet; give a .parquet path")
     if out.suffix.lower() != ".csv":
         raise WsdmError(f"{out}: --out writes CSV; give a .csv path")
     check_writable(out, probs)
-    rows = load_arena_rows(path, text_normalization)
+    rows = load_arena_rows(path, settings.text_normalization)
     hint_work_dir(len(rows))
-    config = PredictConfig(
-        model=model,
-        tta=tta,
-        time_budget_minutes=time_budget,
-        truncation=TruncationConfig(token_budget=token_budget, response_word_cap=response_word_cap),
-        engine=engine_options,
-        trust_remote_code=trust_remote_code,
-        progress=not quiet,
-    )
-    result = run_predict(rows, config, STARTED_AT)
+    result = run_predict(rows, settings, STARTED_AT)
     write_predictions(result, out, probs)
     click.echo(f"predict: {result.summary()} -> {out}", err=True)
 
@@ -138,25 +89,15 @@ def predict(
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
-    "--model",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Model folder; only its tokenizer and chat template are used.",
-)
-@click.option(
     "--out",
     type=click.Path(path_type=Path),
     required=True,
     help="Output table, .parquet or .csv: id, text, text_swapped, n_tokens.",
 )
-@truncation_options
-@model_options
+@judge_options(model="Model folder; only its tokenizer and chat template are used.", engine=False)
 @click.pass_context
 @user_errors
-def render(
-    ctx, path, model, out, token_budget, response_word_cap, text_normalization, trust_remote_code
-) -> None:
+def render(ctx, path, out, settings) -> None:
     """Write the exact prompts the model will see for every row of PATH."""
     import pandas as pd
 
@@ -164,15 +105,15 @@ def render(
     from ..outputs import check_writable, write_frame
     from ..preprocess import build_prompts
     from ..tokenizer import load_tokenizer
-    from ..truncation import TruncationConfig
 
     if out.suffix.lower() not in (".parquet", ".csv"):
         raise WsdmError(f"{out}: unsupported output type {out.suffix or '(none)'}; use .parquet or .csv")
     check_writable(out)
-    rows = load_arena_rows(path, text_normalization)
-    tokenizer = load_tokenizer(model, trust_remote_code)
-    config = TruncationConfig(token_budget=token_budget, response_word_cap=response_word_cap)
-    prompts = build_prompts(rows, tokenizer, config, with_swapped_ids=False, progress=not ctx.obj["quiet"])
+    rows = load_arena_rows(path, settings.text_normalization)
+    tokenizer = load_tokenizer(settings.model, settings.trust_remote_code)
+    prompts = build_prompts(
+        rows, tokenizer, settings.truncation, with_swapped_ids=False, progress=settings.progress
+    )
     frame = pd.DataFrame(
         {
             "id": rows.ids,
@@ -244,16 +185,10 @@ def download_final_model(ctx, source, dest, force, trust_remote_code) -> None:
     is_flag=True,
     help="Also load the model on the chosen engine and score one row in both orders.",
 )
-@engine_options
-@click.option(
-    "--trust-remote-code",
-    is_flag=True,
-    default=False,
-    help="Allow code shipped inside the model folder to run.",
-)
+@judge_options(model=None, truncation=False, normalization=False, model_parameter="path")
 @click.pass_context
 @user_errors
-def check_model_command(ctx, path, smoke, engine_options, trust_remote_code) -> None:
+def check_model_command(ctx, path, smoke, settings) -> None:
     """Check a model folder: config, quantization, weights, tokenizer, answer letters.
 
     Prints what was found and one line per problem; exits with code 2 when there are problems.
@@ -261,9 +196,9 @@ def check_model_command(ctx, path, smoke, engine_options, trust_remote_code) -> 
     from ..models.checks import check_model
     from .smoke import smoke_test
 
-    report = check_model(path, trust_remote_code=trust_remote_code)
+    report = check_model(path, trust_remote_code=settings.trust_remote_code)
     if smoke and report.ok:
-        smoke_test(report, engine_options, trust_remote_code)
+        smoke_test(report, settings)
     elif smoke:
         report.fact("smoke test", "skipped: fix the problems below first")
     click.echo(report.format())
@@ -273,13 +208,6 @@ def check_model_command(ctx, path, smoke, engine_options, trust_remote_code) -> 
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option(
-    "--model",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Model folder that scores the rows (not used with --probs).",
-)
 @click.option(
     "--probs",
     "probs_file",
@@ -323,30 +251,12 @@ def check_model_command(ctx, path, smoke, engine_options, trust_remote_code) -> 
     help="Equal-width bins for ECE and the curve.",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-@engine_options
-@truncation_options
-@model_options
+@judge_options(model="Model folder that scores the rows (not used with --probs).")
 @job_options(ray=False)
 @click.pass_context
 @user_errors
 def evaluate(
-    ctx,
-    path,
-    model,
-    probs_file,
-    out_dir,
-    json_path,
-    save_probs,
-    limit,
-    length_edges,
-    bins,
-    no_plots,
-    engine_options,
-    token_budget,
-    response_word_cap,
-    text_normalization,
-    trust_remote_code,
-    job,
+    ctx, path, probs_file, out_dir, json_path, save_probs, limit, length_edges, bins, no_plots, settings, job
 ) -> None:
     """Score a labelled table (winner, or winner_model_a/b/tie) and report how good the judge is.
 
@@ -356,8 +266,6 @@ def evaluate(
     from .. import evaluate as ev
     from ..jobs.workdir import ensure_not_inside
     from ..outputs import check_writable, write_frame
-    from ..predict import PredictConfig
-    from ..truncation import TruncationConfig
 
     try:
         edges = sorted({int(e) for e in length_edges.split(",") if e.strip()})
@@ -374,19 +282,12 @@ def evaluate(
     if probs_file is not None:
         scored = ev.scored_from_probs(table, probs_file, path)
     else:
-        config = PredictConfig(
-            model=model,
-            truncation=TruncationConfig(token_budget=token_budget, response_word_cap=response_word_cap),
-            engine=engine_options,
-            trust_remote_code=trust_remote_code,
-            progress=not ctx.obj["quiet"],
-        )
-        predict = None if job.work_dir is None else evaluate_predict(path, limit, job, text_normalization)
-        scored = ev.scored_from_model(table, path, config, text_normalization, predict)
+        predict = None if job.work_dir is None else evaluate_predict(path, limit, job)
+        scored = ev.scored_from_model(table, path, settings, predict)
     report = ev.evaluate_scored(scored, edges, bins)
     report = {
         "table": str(path),
-        "model": None if probs_file is not None else str(model),
+        "model": None if probs_file is not None else str(settings.model),
         "probs": None if probs_file is None else str(probs_file),
         "rows_read": table.rows_read,
         "ties_excluded": table.ties,
@@ -404,7 +305,7 @@ def evaluate(
                 plot_accuracy_by_length(report, out_dir / "accuracy_by_length.png")
             )
     ev.write_json(report, json_path)
-    what = f"probabilities {probs_file}" if probs_file is not None else f"model {model}"
+    what = f"probabilities {probs_file}" if probs_file is not None else f"model {settings.model}"
     click.echo(
         f"evaluate: {path}, {table.rows_read} rows read, {table.ties} ties excluded, "
         f"{len(scored.labels)} evaluated with {what}"

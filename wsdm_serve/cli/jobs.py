@@ -98,9 +98,7 @@ def input_identity(path: Path, **extra) -> dict:
     return {"sha256": file_sha256(path), **extra}
 
 
-def predict_job(
-    path, out: Path, probs: Path | None, config, normalization: str, job: JobOptions, started_at, quiet
-):
+def predict_job(path, out: Path, probs: Path | None, settings, job: JobOptions, started_at, quiet):
     """`predict` with --work-dir and/or --ray: score, write the submission (or shard folder), summarise."""
     from ..jobs.workdir import ensure_not_inside
     from ..outputs import check_writable
@@ -123,16 +121,16 @@ def predict_job(
         from ..jobs.ray_job import run_ray_job
 
         shards, ids, result = run_ray_job(
-            str(path), config, address=job.ray_address, work_dir=job.work_dir, restart=job.restart,
-            chunk_rows=job.chunk_rows, normalization=normalization, started_at=started_at, quiet=quiet,
+            str(path), settings, address=job.ray_address, work_dir=job.work_dir, restart=job.restart,
+            chunk_rows=job.chunk_rows, started_at=started_at, quiet=quiet,
         )  # fmt: skip
     else:
         from ..data import load_arena_rows
         from ..jobs.local import run_local_job
 
-        rows = load_arena_rows(path, normalization)
+        rows = load_arena_rows(path, settings.text_normalization)
         result = run_local_job(
-            rows, config, job.work_dir, inputs=input_identity(path), normalization=normalization,
+            rows, settings, job.work_dir, inputs=input_identity(path),
             restart=job.restart, chunk_rows=job.chunk_rows, started_at=started_at,
         )  # fmt: skip
     if folder:
@@ -155,15 +153,15 @@ def write_predictions_probs_only(result, probs: Path | None) -> None:
     write_frame(pd.DataFrame({"id": result.ids, "p_a": result.probs[:, 0], "p_b": result.probs[:, 1]}), probs)
 
 
-def evaluate_predict(path: Path, limit: int | None, job: JobOptions, normalization: str):
+def evaluate_predict(path: Path, limit: int | None, job: JobOptions):
     """The ``predict`` function evaluate scores with: a resumable job in ``job.work_dir``."""
     from ..jobs.local import run_local_job
 
     inputs = input_identity(path, limit=limit)
 
-    def predict(rows, config):
+    def predict(rows, settings):
         return run_local_job(
-            rows, config, job.work_dir, inputs=inputs, normalization=normalization, kind="evaluate",
+            rows, settings, job.work_dir, inputs=inputs, kind="evaluate",
             restart=job.restart, chunk_rows=job.chunk_rows,
         )  # fmt: skip
 

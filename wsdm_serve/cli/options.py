@@ -51,14 +51,8 @@ def truncation_options(command):
     return command
 
 
-def model_options(command):
-    command = click.option(
-        "--trust-remote-code",
-        is_flag=True,
-        default=False,
-        help="Allow code shipped inside the model folder to run (off: the judge needs none).",
-    )(command)
-    command = click.option(
+def normalization_option(command):
+    return click.option(
         "--text-normalization",
         type=click.Choice(NORMALIZATIONS),
         default="reference",
@@ -66,7 +60,15 @@ def model_options(command):
         help="reference: list literals joined with newlines, other responses lose square brackets "
         "(what the released model saw); none: text as it is.",
     )(command)
-    return command
+
+
+def trust_remote_code_option(command):
+    return click.option(
+        "--trust-remote-code",
+        is_flag=True,
+        default=False,
+        help="Allow code shipped inside the model folder to run (off: the judge needs none).",
+    )(command)
 
 
 def vllm_options(command):
@@ -110,38 +112,9 @@ def vllm_options(command):
     return command
 
 
-ENGINE_PARAMETERS = {
-    "engine": "name",
-    "device": "device",
-    "dtype": "dtype",
-    "batch_tokens": "batch_tokens",
-    "gpus": "gpus",
-    "tensor_parallel": "tensor_parallel",
-    "max_model_len": "max_model_len",
-    "gpu_memory_utilization": "gpu_memory_utilization",
-    "enforce_eager": "enforce_eager",
-    "max_num_batched_tokens": "max_num_batched_tokens",
-    "precision": "precision",
-}
-
-
 def engine_options(command):
-    """Which engine scores prompts and its settings (predict, evaluate, check-model --smoke).
-
-    The command receives them as one ``engine_options`` argument, an ``EngineOptions``, so every
-    command that scores understands the same options the same way.
-    """
-
-    target = command
-
-    @functools.wraps(target)
-    def collect(*args, **kwargs):
-        from ..engines.select import EngineOptions
-
-        values = {field: kwargs.pop(parameter) for parameter, field in ENGINE_PARAMETERS.items()}
-        return target(*args, engine_options=EngineOptions(**values), **kwargs)
-
-    command = vllm_options(collect)
+    """Which engine scores prompts and its settings: the options of :class:`EngineSettings`."""
+    command = vllm_options(command)
     command = click.option(
         "--batch-tokens",
         type=click.IntRange(min=1),
@@ -174,3 +147,87 @@ def engine_options(command):
         help="auto: vllm when it imports and a CUDA GPU is visible, else hf (transformers).",
     )(command)
     return command
+
+
+ENGINE_FIELDS = {
+    "engine": "name",
+    "device": "device",
+    "dtype": "dtype",
+    "batch_tokens": "batch_tokens",
+    "gpus": "gpus",
+    "tensor_parallel": "tensor_parallel",
+    "max_model_len": "max_model_len",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "enforce_eager": "enforce_eager",
+    "max_num_batched_tokens": "max_num_batched_tokens",
+    "precision": "precision",
+}
+"""Command-line parameter -> field of EngineSettings."""
+
+MODEL_HELP = "Model folder (weights, config, tokenizer)."
+
+
+def judge_options(
+    *,
+    model: str | None = MODEL_HELP,
+    engine: bool = True,
+    truncation: bool = True,
+    normalization: bool = True,
+    model_parameter: str = "model",
+):
+    """The options that make a :class:`~wsdm_serve.settings.JudgeSettings`, handed to the command
+    as one ``settings`` argument: ``--model`` (its help ``model``; ``None`` when the command names
+    the folder itself, as the parameter ``model_parameter``), the engine options, truncation, text
+    normalisation and ``--trust-remote-code``. A command with ``--tta``/``--time-budget`` has them
+    folded in too. Every command that scores understands the same options the same way."""
+
+    def decorate(command):
+        target = command
+
+        @functools.wraps(target)
+        def collect(*args, **kwargs):
+            from ..engines.settings import EngineSettings
+            from ..settings import JudgeSettings
+            from ..truncation import INFERENCE_TRUNCATION, TruncationConfig
+
+            context = click.get_current_context(silent=True)
+            quiet = bool(context and context.obj and context.obj.get("quiet"))
+            folder = kwargs.pop("model") if model is not None else kwargs[model_parameter]
+            fields = {field: kwargs.pop(name) for name, field in ENGINE_FIELDS.items() if name in kwargs}
+            budgets = INFERENCE_TRUNCATION
+            if truncation:
+                budgets = TruncationConfig(
+                    token_budget=kwargs.pop("token_budget"), response_word_cap=kwargs.pop("response_word_cap")
+                )
+            extra = {name: kwargs.pop(name) for name in ("tta",) if name in kwargs}
+            if "time_budget" in kwargs:
+                extra["time_budget_minutes"] = kwargs.pop("time_budget")
+            settings = JudgeSettings(
+                model=folder,
+                engine=EngineSettings(**fields, trust_remote_code=kwargs.pop("trust_remote_code")),
+                truncation=budgets,
+                text_normalization=kwargs.pop("text_normalization") if normalization else "reference",
+                progress=not quiet,
+                **extra,
+            )
+            return target(*args, settings=settings, **kwargs)
+
+        command = collect
+        command = trust_remote_code_option(command)
+        if normalization:
+            command = normalization_option(command)
+        if truncation:
+            command = truncation_options(command)
+        if engine:
+            command = engine_options(command)
+        if model is not None:
+            command = click.option(
+                "--model",
+                type=click.Path(path_type=Path),
+                default=DEFAULT_MODEL,
+                show_default=True,
+                help=model,
+            )(command)
+        return command
+
+    return decorate

@@ -16,19 +16,12 @@ from ..server.config import (
     DEFAULT_MAX_PAIRS_PER_REQUEST,
     DEFAULT_MAX_QUEUED_PAIRS,
 )
-from .options import DEFAULT_MODEL, engine_options, model_options, truncation_options
+from .options import judge_options
 
 SERVE_MISSING = "the HTTP service needs its extra: pip install 'wsdm[serve]'"
 
 
 @click.command()
-@click.option(
-    "--model",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Model folder (weights, config, tokenizer).",
-)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: a free one)."
@@ -76,14 +69,11 @@ SERVE_MISSING = "the HTTP service needs its extra: pip install 'wsdm[serve]'"
     "this many (one request at least) [default: --batch-tokens].",
 )
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log) on stderr.")
-@engine_options
-@truncation_options
-@model_options
+@judge_options()
 @click.pass_context
 @user_errors
 def serve(
     ctx,
-    model,
     host,
     port,
     api_key_file,
@@ -93,11 +83,7 @@ def serve(
     batch_window_ms,
     batch_window_tokens,
     access_log,
-    engine_options,
-    token_budget,
-    response_word_cap,
-    text_normalization,
-    trust_remote_code,
+    settings,
 ) -> None:
     """Serve the judge over HTTP: POST /v1/judge, GET /v1/model, /metrics, /health, /openapi.json.
 
@@ -111,15 +97,10 @@ def serve(
     from ..server.config import ServeConfig, read_api_key
     from ..server.runner import JudgeServer, bind_socket
     from ..server.service import JudgeService
-    from ..truncation import TruncationConfig
 
     config = ServeConfig(
-        model=model,
-        engine=engine_options,
+        judge=settings,
         batching=BatchingOptions(window_ms=batch_window_ms, window_tokens=batch_window_tokens),
-        truncation=TruncationConfig(token_budget=token_budget, response_word_cap=response_word_cap),
-        text_normalization=text_normalization,
-        trust_remote_code=trust_remote_code,
         max_pairs_per_request=max_pairs_per_request,
         max_queued_pairs=max_queued_pairs,
         max_body_bytes=max_body_bytes,

@@ -1,19 +1,20 @@
-"""`check-model --smoke`: one fixed row scored through predict's own path on the chosen engine.
+"""`check-model --smoke`: one fixed row scored through the judge on the chosen engine.
 
-Apart from the file checks because it loads the model (seconds to minutes) and runs the pipeline,
+Apart from the file checks because it loads the model (seconds to minutes) and runs the judge,
 which itself calls those checks before it scores.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
-from ..data import ArenaRows
 from ..errors import WsdmError
+from ..judge import run_predict
 from ..models.report import ModelReport
-from ..predict import PredictConfig, run_predict
+from ..settings import JudgeSettings
 
 SMOKE_ROW = (
     "What is the boiling point of water at sea level in degrees Celsius?",
@@ -22,25 +23,15 @@ SMOKE_ROW = (
 )
 
 
-def smoke_test(report: ModelReport, engine, trust_remote_code: bool = False) -> None:
+def smoke_test(report: ModelReport, settings: JudgeSettings) -> None:
     """Score one fixed row, both orders, on the chosen engine: the model loads and gives probabilities.
 
-    ``engine`` is an :class:`~wsdm_serve.engines.select.EngineOptions`. Load failures become a
-    problem line rather than an exception, so the report still prints.
+    Load failures become a problem line rather than an exception, so the report still prints.
     """
-    rows = ArenaRows(
-        ids=["smoke"],
-        prompts=[SMOKE_ROW[0]],
-        responses_a=[SMOKE_ROW[1]],
-        responses_b=[SMOKE_ROW[2]],
-        null_text_cells=0,
-    )
-    config = PredictConfig(
-        model=report.path, tta="all", engine=engine, trust_remote_code=trust_remote_code, progress=False
-    )
+    settings = replace(settings, model=report.path, tta="all", progress=False)
     started = time.time()
     try:
-        result = run_predict(rows, config, started)
+        result = run_predict([SMOKE_ROW], settings, started)
     except WsdmError as exc:
         report.problem(f"smoke test: {exc}")
         return

@@ -6,24 +6,25 @@ wrapper) because it names the vLLM engine, which builds on that interface.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import WsdmError
+from ..models.folder import ModelFolder
 from .asynchronous import AsyncScoringEngine, BatchingEngine, BatchingOptions
-from .select import EngineOptions, choose_engine, create_engine
+from .select import create_engine, resolve_engine
+from .settings import EngineSettings
 
 
 def create_async_engine(
-    model_dir: Path,
+    model: ModelFolder,
     letter_ids: tuple[int, int],
     longest_prompt: int,
-    options: EngineOptions,
-    trust_remote_code: bool = False,
+    settings: EngineSettings,
     batching: BatchingOptions | None = None,
 ) -> AsyncScoringEngine:
-    """The server's engine for the options predict takes (nothing is loaded until ``start``)."""
+    """The server's engine for the settings predict takes (nothing is loaded until ``start``)."""
     batching = batching or BatchingOptions()
-    if choose_engine(options) == "vllm":
+    if not settings.resolved:
+        settings = resolve_engine(settings, model)
+    if settings.name == "vllm":
         if batching.given():
             raise WsdmError(
                 f"{', '.join(batching.given())}: only the hf engine takes this; the vllm engine "
@@ -31,10 +32,10 @@ def create_async_engine(
             )
         from .vllm_async import VLLMAsyncEngine
 
-        return VLLMAsyncEngine(model_dir, letter_ids, longest_prompt, options, trust_remote_code)
+        return VLLMAsyncEngine(model, letter_ids, longest_prompt, settings)
     window_ms = BatchingOptions.DEFAULT_WINDOW_MS if batching.window_ms is None else batching.window_ms
     return BatchingEngine(
-        lambda: create_engine(model_dir, letter_ids, longest_prompt, options, trust_remote_code),
+        lambda: create_engine(model, letter_ids, longest_prompt, settings),
         window_s=window_ms / 1000,
         max_tokens=batching.window_tokens,
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from ..errors import WsdmError
 from ..models.shape import estimate_weight_bytes, kv_bytes_per_token, layer_shapes, text_config
+from .settings import DTYPES, EngineSettings
 
 GIB = 1024**3
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
@@ -28,8 +29,6 @@ RESERVE_BYTES = int(2.5 * GIB)
 """Per-GPU memory kept for what is neither weights nor KV cache: the CUDA context, cuBLAS and NCCL
 workspaces and the activations of one prefill step (vLLM profiles them at start; on a 14B model with
 16k batched tokens they peak near 2 GiB)."""
-
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -295,23 +294,21 @@ def plan_gpus(
     visible: Sequence[GpuInfo],
     *,
     longest_prompt: int,
-    gpus: str | None = None,
-    tensor_parallel: int | None = None,
-    dtype: str = "auto",
-    max_model_len: int | None = None,
-    gpu_memory_utilization: float | None = None,
+    settings: EngineSettings | None = None,
     fallback_weight_bytes: int | None = None,
-    fp8: bool = False,
 ) -> GpuPlan:
-    """Decide the whole layout from the options; every rejection is one line naming the option.
+    """Decide the whole layout from the settings; every rejection is one line naming the option.
 
-    ``fp8`` (``--precision fp8``): every chosen GPU needs FP8 tensor cores, and a full-precision
+    ``settings.precision == "fp8"``: every chosen GPU needs FP8 tensor cores, and a full-precision
     checkpoint's linear layers count one byte per weight.
     """
-    utilization = DEFAULT_GPU_MEMORY_UTILIZATION if gpu_memory_utilization is None else gpu_memory_utilization
+    settings = settings or EngineSettings()
+    utilization = settings.gpu_memory_utilization
+    utilization = DEFAULT_GPU_MEMORY_UTILIZATION if utilization is None else utilization
     if not 0 < utilization <= 1:
         raise WsdmError(f"--gpu-memory-utilization {utilization}: must be in (0, 1]")
-    chosen = parse_gpu_list(gpus, visible)
+    chosen = parse_gpu_list(settings.gpus, visible)
+    fp8 = settings.precision == "fp8"
     if fp8:
         lacking = [gpu for gpu in chosen if not gpu.has_fp8]
         if lacking:
@@ -319,13 +316,13 @@ def plan_gpus(
                 f"--precision fp8: {lacking[0].describe()} has no FP8 tensor cores (needs compute capability "
                 "8.9+: Ada, Hopper or newer); drop --precision fp8 to run the checkpoint as it is"
             )
-    chosen_dtype = choose_dtype(dtype, chosen)
-    length = choose_max_model_len(longest_prompt, max_model_len, config)
+    chosen_dtype = choose_dtype(settings.dtype, chosen)
+    length = choose_max_model_len(longest_prompt, settings.max_model_len, config)
     weights = estimate_weight_bytes(config, chosen_dtype, fp8=fp8)
     if weights is None:
         weights = fallback_weight_bytes
     kv = kv_bytes_per_token(config, chosen_dtype) * length
-    size = choose_tensor_parallel(config, chosen, weights, kv, utilization, tensor_parallel)
+    size = choose_tensor_parallel(config, chosen, weights, kv, utilization, settings.tensor_parallel)
     groups, leftover = split_groups(chosen, size)
     notes = []
     if leftover:

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WsdmError
+from ..models.folder import ModelFolder
 from ..models.quantization import hf_loading_overrides
-from ..models.shape import read_model_config
 from ..quiet import library_bars_hidden
 from .base import ProgressCallback, ScoringEngine, length_sorted_batches
+from .settings import EngineSettings
 
 DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def resolve_device(device: str) -> str:
@@ -46,33 +46,26 @@ def resolve_dtype(dtype: str, device: str):
     return torch.float32
 
 
-def read_quantization(model_dir: Path) -> dict | None:
-    """The checkpoint's quantization_config, if any (GPTQ, compressed-tensors, ...)."""
-    return read_model_config(model_dir).get("quantization_config")
-
-
 class HFEngine(ScoringEngine):
     name = "hf"
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model: ModelFolder | str | Path,
         letter_ids: tuple[int, int],
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        batch_tokens: int | None = None,
-        trust_remote_code: bool = False,
+        settings: EngineSettings | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
-        self.model_dir = Path(model_dir)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        settings = settings or EngineSettings(name="hf")
+        folder = ModelFolder.of(model)
+        self.model_dir = folder.path
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
         self.batch_tokens = (
-            batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if self.device.startswith("cuda") else "cpu"]
+            settings.batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if self.device.startswith("cuda") else "cpu"]
         )
-        quantization = read_quantization(self.model_dir)
+        quantization = folder.quantization
         overrides = hf_loading_overrides(quantization)
         try:
             with library_bars_hidden():  # compressed-tensors' decompression bars, under -q
@@ -80,7 +73,7 @@ class HFEngine(ScoringEngine):
                 model = AutoModelForCausalLM.from_pretrained(
                     self.model_dir,
                     dtype=self.dtype,
-                    trust_remote_code=trust_remote_code,
+                    trust_remote_code=settings.trust_remote_code,
                     device_map={"": self.device} if self.device.startswith("cuda") else None,
                     **overrides,
                 )

@@ -27,10 +27,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import WsdmError, one_line
+from ..models.folder import ModelFolder
 from .base import ProgressCallback, ScoringEngine
 from .gpu_plan import physical_device_ids
 from .pool import EnginePool, WorkerSpec
-from .vllm_setup import check_prompt_lengths, letter_logprobs, plan_engine, scorer_arguments, scoring_setup
+from .settings import EngineSettings
+from .vllm_setup import (
+    VLLMLaunch,
+    check_prompt_lengths,
+    launch_of,
+    letter_logprobs,
+    plan_engine,
+    scoring_setup,
+)
 
 if TYPE_CHECKING:
     from ..models.fp8 import Fp8Recipe
@@ -41,46 +50,20 @@ log = logging.getLogger(__name__)
 class VLLMScorer:
     """One in-process ``vllm.LLM`` over one GPU group (tensor parallel inside it)."""
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        letter_ids: tuple[int, int],
-        *,
-        tensor_parallel: int = 1,
-        dtype: str = "bfloat16",
-        max_model_len: int,
-        gpu_memory_utilization: float = 0.9,
-        enforce_eager: bool = True,
-        trust_remote_code: bool = False,
-        load_format: str = "auto",
-        max_num_batched_tokens: int | None = None,
-        extra_args: dict | None = None,
-    ) -> None:
-        kwargs, self.sampling = scoring_setup(
-            model_dir,
-            letter_ids,
-            tensor_parallel=tensor_parallel,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            trust_remote_code=trust_remote_code,
-            load_format=load_format,
-            max_num_batched_tokens=max_num_batched_tokens,
-            extra_args=extra_args,
-        )
+    def __init__(self, launch: VLLMLaunch) -> None:
+        kwargs, self.sampling = scoring_setup(launch)
         from vllm import LLM
         from vllm.inputs import TokensPrompt
 
-        self.letter_ids = letter_ids
-        self.max_model_len = max_model_len
+        self.letter_ids = launch.letter_ids
+        self.max_model_len = launch.max_model_len
         self._prompt = TokensPrompt
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - vLLM start-up failures (memory, kernels) become one line
             log.debug("vLLM start-up failed", exc_info=True)
             raise WsdmError(
-                f"{model_dir}: vLLM could not start ({type(exc).__name__}: {one_line(exc)}); see the log above, "
+                f"{launch.model_dir}: vLLM could not start ({type(exc).__name__}: {one_line(exc)}); see the log above, "
                 "or try --gpu-memory-utilization, --max-model-len or --tensor-parallel"
             ) from exc
 
@@ -161,52 +144,24 @@ class VLLMEngine(ScoringEngine):
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model: ModelFolder | str | Path,
         letter_ids: tuple[int, int],
         longest_prompt: int,
+        settings: EngineSettings | None = None,
         *,
-        gpus: str | None = None,
-        tensor_parallel: int | None = None,
-        dtype: str = "auto",
-        max_model_len: int | None = None,
-        gpu_memory_utilization: float | None = None,
-        enforce_eager: bool | None = None,
-        trust_remote_code: bool = False,
-        load_format: str = "auto",
-        max_num_batched_tokens: int | None = None,
         extra_args: dict | None = None,
-        precision: str = "checkpoint",
         fp8_recipe: Fp8Recipe | None = None,
     ) -> None:
-        model_dir = Path(model_dir)
-        self.plan, all_visible, precision_args = plan_engine(
-            model_dir,
-            longest_prompt,
-            gpus=gpus,
-            tensor_parallel=tensor_parallel,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            load_format=load_format,
-            precision=precision,
-            fp8_recipe=fp8_recipe,
-        )
-        # Experiments' extra_args win over the precision's arguments.
-        extra_args = {**precision_args, **(extra_args or {})}
-        scorer_kwargs = scorer_arguments(
-            self.plan,
-            model_dir,
-            letter_ids,
-            enforce_eager=enforce_eager,
-            trust_remote_code=trust_remote_code,
-            load_format=load_format,
-            max_num_batched_tokens=max_num_batched_tokens,
-            extra_args=extra_args,
-        )
+        """``extra_args`` (benchmarks, experiments) are ``vllm.LLM`` arguments that win over the
+        precision's and ours; ``fp8_recipe`` replaces the default FP8 recipe under ``--precision fp8``."""
+        settings = settings or EngineSettings(name="vllm")
+        model = ModelFolder.of(model)
+        self.plan, all_visible, precision_args = plan_engine(model, longest_prompt, settings, fp8_recipe)
+        launch = launch_of(self.plan, model, letter_ids, settings, {**precision_args, **(extra_args or {})})
         self.scorer: VLLMScorer | None = None
         self.pool: EnginePool | None = None
         if len(self.plan.groups) == 1 and sorted(self.plan.groups[0]) == all_visible:
-            self.scorer = VLLMScorer(**scorer_kwargs)
+            self.scorer = VLLMScorer(launch)
         else:
             # CUDA reads CUDA_VISIBLE_DEVICES once per process, so a group that is not "every visible
             # GPU" runs in a process of its own that is started seeing only its GPUs.
@@ -214,7 +169,7 @@ class VLLMEngine(ScoringEngine):
             specs = [
                 WorkerSpec(
                     factory="wsdm_serve.engines.vllm:VLLMScorer",
-                    kwargs=scorer_kwargs,
+                    kwargs={"launch": launch},
                     devices=physical_device_ids(group, inherited),
                     label=f"vllm engine on GPU{'s' if len(group) > 1 else ''} {','.join(map(str, group))}",
                 )

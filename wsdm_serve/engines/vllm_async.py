@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models.folder import ModelFolder
 from .asynchronous import AsyncScoringEngine, EngineStopped
 from .gpu_plan import GpuPlan, physical_device_ids
-from .select import EngineOptions
-from .vllm_setup import check_prompt_lengths, letter_logprobs, plan_engine, scorer_arguments, scoring_setup
+from .settings import EngineSettings
+from .vllm_setup import check_prompt_lengths, launch_of, letter_logprobs, plan_engine, scoring_setup
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +37,19 @@ class VLLMAsyncEngine(AsyncScoringEngine):
 
     def __init__(
         self,
-        model_dir: Path,
+        model: ModelFolder | Path,
         letter_ids: tuple[int, int],
         longest_prompt: int,
-        options: EngineOptions,
-        trust_remote_code: bool = False,
+        settings: EngineSettings,
         *,
-        max_num_batched_tokens: int | None = None,
         extra_args: dict | None = None,
     ) -> None:
+        """``extra_args`` (benchmarks, experiments) are engine arguments that win over ours."""
         super().__init__()
-        self.model_dir = Path(model_dir)
+        self.model = ModelFolder.of(model)
         self.letter_ids = tuple(letter_ids)
         self.longest_prompt = longest_prompt
-        self.options = options
-        self.trust_remote_code = trust_remote_code
-        # An explicit argument (benchmarks) wins over the command line's --max-num-batched-tokens.
-        self.max_num_batched_tokens = max_num_batched_tokens or options.max_num_batched_tokens
+        self.settings = settings
         self.extra_args = extra_args
         self.plan: GpuPlan | None = None
         self.llm = None
@@ -65,18 +62,7 @@ class VLLMAsyncEngine(AsyncScoringEngine):
         await asyncio.to_thread(self._start)
 
     def _start(self) -> None:
-        options = self.options
-        plan, visible, precision_args = plan_engine(
-            self.model_dir,
-            self.longest_prompt,
-            gpus=options.gpus,
-            tensor_parallel=options.tensor_parallel,
-            dtype=options.dtype,
-            max_model_len=options.max_model_len,
-            gpu_memory_utilization=options.gpu_memory_utilization,
-            load_format=options.load_format,
-            precision=options.precision,
-        )
+        plan, visible, precision_args = plan_engine(self.model, self.longest_prompt, self.settings)
         group = plan.groups[0]
         if len(plan.groups) > 1:
             log.warning(
@@ -90,18 +76,10 @@ class VLLMAsyncEngine(AsyncScoringEngine):
             os.environ["CUDA_VISIBLE_DEVICES"] = physical_device_ids(
                 group, os.environ.get("CUDA_VISIBLE_DEVICES")
             )
-        kwargs, sampling = scoring_setup(
-            **scorer_arguments(
-                plan,
-                self.model_dir,
-                self.letter_ids,
-                enforce_eager=options.enforce_eager,
-                trust_remote_code=self.trust_remote_code,
-                load_format=options.load_format,
-                max_num_batched_tokens=self.max_num_batched_tokens,
-                extra_args={**precision_args, **(self.extra_args or {})},
-            )
+        launch = launch_of(
+            plan, self.model, self.letter_ids, self.settings, {**precision_args, **(self.extra_args or {})}
         )
+        kwargs, sampling = scoring_setup(launch)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -117,7 +95,7 @@ class VLLMAsyncEngine(AsyncScoringEngine):
         except Exception as exc:  # noqa: BLE001 - start-up failures (memory, kernels) become one line
             log.debug("vLLM start-up failed", exc_info=True)
             raise WsdmError(
-                f"{self.model_dir}: vLLM could not start ({type(exc).__name__}: {one_line(exc)}); see the log "
+                f"{self.model.path}: vLLM could not start ({type(exc).__name__}: {one_line(exc)}); see the log "
                 "above, or try --gpu-memory-utilization, --max-model-len or --tensor-parallel"
             ) from exc
         self.plan, self.sampling = plan, sampling

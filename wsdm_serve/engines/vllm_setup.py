@@ -20,14 +20,16 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import WsdmError, one_line
-from ..models.shape import checkpoint_bytes, read_model_config
+from ..models.folder import ModelFolder
+from ..models.shape import checkpoint_bytes
 from .gpu_plan import GpuPlan, detect_gpus, plan_gpus
+from .settings import EngineSettings
 
 if TYPE_CHECKING:
     from ..models.fp8 import Fp8Recipe
@@ -72,46 +74,57 @@ def worker_start_method(cuda_initialized: bool, environ) -> str | None:
     return "spawn" if cuda_initialized else None
 
 
-def engine_kwargs(
-    model_dir: str | Path,
-    *,
-    tensor_parallel: int,
-    dtype: str,
-    max_model_len: int,
-    gpu_memory_utilization: float,
-    enforce_eager: bool,
-    trust_remote_code: bool,
-    load_format: str = "auto",
-    seed: int = 0,
-    max_num_batched_tokens: int | None = None,
-    extra_args: dict | None = None,
-) -> dict:
-    """Arguments of ``vllm.LLM`` for scoring; ``extra_args`` (benchmarks, experiments) win over ours.
+@dataclass(frozen=True)
+class VLLMLaunch:
+    """Everything one vLLM scoring engine is started with: one group of the plan, decided.
 
-    No ``quantization`` key: vLLM reads the method from the checkpoint and picks its fastest kernel
-    (gptq_marlin / Machete for GPTQ); naming ``gptq`` would force the slow legacy kernel.
-    ``generation_config="vllm"`` keeps a model's generation_config.json (Qwen2.5 ships a repetition
-    penalty) from changing the letter scores; the tokenizer is not loaded because prompts arrive as ids.
+    The offline engine (in this process or a worker process: it pickles), the server's engine and
+    the benchmarks start vLLM from one of these, so an argument is spelled once.
     """
-    return {
-        "model": str(model_dir),
-        "tensor_parallel_size": tensor_parallel,
-        "dtype": dtype,
-        "max_model_len": max_model_len,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "enforce_eager": enforce_eager,
-        "enable_prefix_caching": True,
-        "trust_remote_code": trust_remote_code,
-        "load_format": load_format,
-        "seed": seed,
-        "logprobs_mode": "processed_logprobs",
-        "skip_tokenizer_init": True,
-        "generation_config": "vllm",
-        # Tokens per scheduler step; None keeps vLLM's default. Prefill-only scoring is GEMM-bound,
-        # so larger steps can use the GPU better (tools/bench.py --max-num-batched-tokens).
-        **({"max_num_batched_tokens": max_num_batched_tokens} if max_num_batched_tokens else {}),
-        **(extra_args or {}),
-    }
+
+    model_dir: str
+    letter_ids: tuple[int, int]
+    tensor_parallel: int
+    dtype: str
+    max_model_len: int
+    gpu_memory_utilization: float
+    enforce_eager: bool = True
+    trust_remote_code: bool = False
+    load_format: str = "auto"
+    max_num_batched_tokens: int | None = None
+    extra_args: dict = field(default_factory=dict)
+    """Arguments of ``vllm.LLM`` that win over ours (the precision's, benchmarks', experiments')."""
+    seed: int = 0
+
+    def engine_kwargs(self) -> dict:
+        """Arguments of ``vllm.LLM`` for scoring.
+
+        No ``quantization`` key: vLLM reads the method from the checkpoint and picks its fastest kernel
+        (gptq_marlin / Machete for GPTQ); naming ``gptq`` would force the slow legacy kernel.
+        ``generation_config="vllm"`` keeps a model's generation_config.json (Qwen2.5 ships a repetition
+        penalty) from changing the letter scores; the tokenizer is not loaded because prompts arrive as ids.
+        """
+        return {
+            "model": str(self.model_dir),
+            "tensor_parallel_size": self.tensor_parallel,
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "enforce_eager": self.enforce_eager,
+            "enable_prefix_caching": True,
+            "trust_remote_code": self.trust_remote_code,
+            "load_format": self.load_format,
+            "seed": self.seed,
+            "logprobs_mode": "processed_logprobs",
+            "skip_tokenizer_init": True,
+            "generation_config": "vllm",
+            # Tokens per scheduler step; None keeps vLLM's default. Prefill-only scoring is GEMM-bound,
+            # so larger steps can use the GPU better (tools/bench.py --max-num-batched-tokens).
+            **(
+                {"max_num_batched_tokens": self.max_num_batched_tokens} if self.max_num_batched_tokens else {}
+            ),
+            **self.extra_args,
+        }
 
 
 def sampling_kwargs(letter_ids: tuple[int, int]) -> dict:
@@ -179,69 +192,36 @@ def check_prompt_lengths(
     return lengths
 
 
-def scoring_setup(
-    model_dir: str | Path,
-    letter_ids: tuple[int, int],
-    *,
-    tensor_parallel: int,
-    dtype: str,
-    max_model_len: int,
-    gpu_memory_utilization: float,
-    enforce_eager: bool,
-    trust_remote_code: bool,
-    load_format: str = "auto",
-    max_num_batched_tokens: int | None = None,
-    extra_args: dict | None = None,
-) -> tuple[dict, object]:
+def scoring_setup(launch: VLLMLaunch) -> tuple[dict, object]:
     """The engine arguments and the ``SamplingParams`` of every scoring engine on vLLM: the offline
-    ``vllm.LLM`` here and the server's ``AsyncLLM`` (engines/vllm_async.py)."""
+    ``vllm.LLM`` (engines/vllm.py) and the server's ``AsyncLLM`` (engines/vllm_async.py)."""
     prepare_environment()
     try:
         from vllm import SamplingParams
     except ImportError as exc:
         raise WsdmError(f"{VLLM_MISSING} ({one_line(exc)})") from exc
-    kwargs = engine_kwargs(
-        model_dir,
-        tensor_parallel=tensor_parallel,
-        dtype=dtype,
-        max_model_len=max_model_len,
-        gpu_memory_utilization=gpu_memory_utilization,
-        enforce_eager=enforce_eager,
-        trust_remote_code=trust_remote_code,
-        load_format=load_format,
-        max_num_batched_tokens=max_num_batched_tokens,
-        extra_args=extra_args,
-    )
-    return kwargs, SamplingParams(**sampling_kwargs(letter_ids))
+    return launch.engine_kwargs(), SamplingParams(**sampling_kwargs(launch.letter_ids))
 
 
 def plan_engine(
-    model_dir: Path,
+    model: ModelFolder,
     longest_prompt: int,
-    *,
-    gpus: str | None = None,
-    tensor_parallel: int | None = None,
-    dtype: str = "auto",
-    max_model_len: int | None = None,
-    gpu_memory_utilization: float | None = None,
-    load_format: str = "auto",
-    precision: str = "checkpoint",
+    settings: EngineSettings,
     fp8_recipe: Fp8Recipe | None = None,
 ) -> tuple[GpuPlan, list[int], dict]:
     """The GPU layout for the model (its notes logged), the indices of every visible GPU, and the
-    vLLM arguments that ``precision`` asks for (online FP8 of a bf16 checkpoint, or nothing)."""
+    vLLM arguments that ``settings.precision`` asks for (online FP8 of a bf16 checkpoint, or nothing)."""
     if not vllm_installed():
         raise WsdmError(VLLM_MISSING)
-    config = read_model_config(model_dir)
     from ..models.fp8 import DEFAULT_RECIPE, MEASURED_AGREEMENT
-    from ..models.precision import check_model_precision, checkpoint_kind, vllm_arguments
+    from ..models.precision import checkpoint_kind, vllm_arguments
 
-    check_model_precision(model_dir, config, precision)
+    config = model.config
     recipe = fp8_recipe or DEFAULT_RECIPE
-    precision_args = vllm_arguments(config, precision, recipe)
-    if precision == "fp8":
+    precision_args = vllm_arguments(config, settings.precision, recipe)
+    if settings.precision == "fp8":
         log.info("precision fp8: %s", recipe.describe())
-    if precision == "fp8" or checkpoint_kind(config) == "fp8":
+    if settings.precision == "fp8" or checkpoint_kind(config) == "fp8":
         log.warning("FP8: %s", MEASURED_AGREEMENT)
     visible = detect_gpus()
     if not visible:
@@ -250,13 +230,8 @@ def plan_engine(
         config,
         visible,
         longest_prompt=longest_prompt,
-        gpus=gpus,
-        tensor_parallel=tensor_parallel,
-        dtype=dtype,
-        max_model_len=max_model_len,
-        gpu_memory_utilization=gpu_memory_utilization,
-        fallback_weight_bytes=None if load_format == "dummy" else checkpoint_bytes(model_dir),
-        fp8=precision == "fp8",
+        settings=settings,
+        fallback_weight_bytes=None if settings.load_format == "dummy" else checkpoint_bytes(model.path),
     )
     for note in plan.notes:
         log.warning(note)
@@ -264,28 +239,24 @@ def plan_engine(
     return plan, [gpu.index for gpu in visible], precision_args
 
 
-def scorer_arguments(
+def launch_of(
     plan: GpuPlan,
-    model_dir: Path,
+    model: ModelFolder,
     letter_ids: tuple[int, int],
-    *,
-    enforce_eager: bool | None = None,
-    trust_remote_code: bool = False,
-    load_format: str = "auto",
-    max_num_batched_tokens: int | None = None,
+    settings: EngineSettings,
     extra_args: dict | None = None,
-) -> dict:
-    """The keyword arguments of :func:`scoring_setup` (and :class:`VLLMScorer`) for one group of the plan."""
-    return {
-        "model_dir": str(model_dir),
-        "letter_ids": tuple(letter_ids),
-        "tensor_parallel": plan.tensor_parallel,
-        "dtype": plan.dtype,
-        "max_model_len": plan.max_model_len,
-        "gpu_memory_utilization": plan.gpu_memory_utilization,
-        "enforce_eager": True if enforce_eager is None else enforce_eager,
-        "trust_remote_code": trust_remote_code,
-        "load_format": load_format,
-        "max_num_batched_tokens": max_num_batched_tokens,
-        "extra_args": extra_args,
-    }
+) -> VLLMLaunch:
+    """How each engine of the plan starts (every group has the same shape)."""
+    return VLLMLaunch(
+        model_dir=str(model.path),
+        letter_ids=tuple(letter_ids),
+        tensor_parallel=plan.tensor_parallel,
+        dtype=plan.dtype,
+        max_model_len=plan.max_model_len,
+        gpu_memory_utilization=plan.gpu_memory_utilization,
+        enforce_eager=True if settings.enforce_eager is None else settings.enforce_eager,
+        trust_remote_code=settings.trust_remote_code,
+        load_format=settings.load_format,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        extra_args=dict(extra_args or {}),
+    )

@@ -59,28 +59,29 @@ def model_identity(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def score_settings(config, engine_name: str, chunk_rows: int, normalization: str) -> dict:
-    """Every setting that changes a probability, as plain JSON values.
+def score_settings(settings, chunk_rows: int) -> dict:
+    """Every setting that changes a probability, as plain JSON values (``settings`` are the judge's,
+    with the engine resolved).
 
     The engine, its precision and its batching change the last digits (a row's logits depend
     slightly on the rows batched with it); where GPUs are, how much memory vLLM takes and its context
     length do not change what a prompt scores, so a resume may change them.
     """
-    options = config.engine
+    engine = settings.engine
+    name = engine.name
     return {
-        "tta": config.tta,
-        "time_budget_minutes": config.time_budget_minutes,
-        "truncation": asdict(config.truncation),
-        "text_normalization": normalization,
-        "engine": engine_name,
-        "device": options.device if engine_name == "hf" else None,
-        "dtype": options.dtype,
-        "batch_tokens": options.batch_tokens if engine_name == "hf" else None,
-        "tensor_parallel": options.tensor_parallel if engine_name == "vllm" else None,
-        "enforce_eager": options.enforce_eager if engine_name == "vllm" else None,
-        "load_format": options.load_format,
-        # FP8 tensor cores change every score (an engine option where the installed wsdm has it).
-        "precision": getattr(options, "precision", "checkpoint"),
+        "tta": settings.tta,
+        "time_budget_minutes": settings.time_budget_minutes,
+        "truncation": asdict(settings.truncation),
+        "text_normalization": settings.text_normalization,
+        "engine": name,
+        "device": engine.device if name == "hf" else None,
+        "dtype": engine.dtype,
+        "batch_tokens": engine.batch_tokens if name == "hf" else None,
+        "tensor_parallel": engine.tensor_parallel if name == "vllm" else None,
+        "enforce_eager": engine.enforce_eager if name == "vllm" else None,
+        "load_format": engine.load_format,
+        "precision": engine.precision,
         "chunk_rows": chunk_rows,
     }
 

@@ -10,49 +10,34 @@ re-writes its outputs in a second.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from ..data import ArenaRows
-from ..engines.select import chosen_engine, create_engine
-from ..predict import Judge, PredictConfig, PredictResult
+from ..judge import Judge
+from ..predict import PredictResult
+from ..settings import JudgeSettings
 from . import DEFAULT_CHUNK_ROWS
 from .identity import model_identity, score_settings
 from .units import Unit, in_process, job_result, plan_units, run_phases, take_rows
 from .workdir import WorkDir
 
-PROMPT_SLACK_TOKENS = 64
-"""Tokens a truncated prompt may exceed the budget by: re-encoding cut text can merge or split a few
-tokens at each cut. A prompt beyond the bound is a one-line error of the engine, never a wrong score."""
 
-
-def prompt_length_bound(tokenizer, truncation) -> int:
-    """The longest prompt truncation lets through: template + query and responses + slack."""
-    from ..prompt import JudgePrompt
-    from ..truncation import encode_texts
-
-    template = len(encode_texts(tokenizer, [JudgePrompt(tokenizer).render("", "", "")])[0])
-    return template + max(truncation.token_budget, truncation.query_token_cap) + PROMPT_SLACK_TOKENS
-
-
-def job_manifest(
-    kind: str, inputs: dict, config: PredictConfig, engine: str, chunk_rows: int, normalization: str
-) -> dict:
+def job_manifest(kind: str, inputs: dict, settings: JudgeSettings, chunk_rows: int) -> dict:
+    """What the work folder records; ``settings`` have their engine resolved."""
     return {
         "kind": kind,
         "input": inputs,
-        "model": model_identity(config.model),
-        "settings": score_settings(config, engine, chunk_rows, normalization),
+        "model": model_identity(settings.model),
+        "settings": score_settings(settings, chunk_rows),
     }
 
 
 def run_local_job(
     rows: ArenaRows,
-    config: PredictConfig,
+    settings: JudgeSettings,
     work_dir: Path,
     *,
     inputs: dict,
-    normalization: str,
     kind: str = "predict",
     restart: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -64,36 +49,21 @@ def run_local_job(
     tells predict from evaluate (evaluate forces ``--tta all``), so neither reuses the other's folder.
     """
     started_at = time.time() if started_at is None else started_at
-    judge = Judge(config)  # checks options, model config and tokenizer before anything is written
-    engine_name = chosen_engine(config.engine)
-    manifest = job_manifest(kind, inputs, config, engine_name, chunk_rows, normalization)
-    units = plan_units([len(rows)], chunk_rows)
-    state: dict = {}
+    # The judge checks options, model config and tokenizer and decides the engine before anything
+    # is written; its engine starts only when some unit is left, sized for any admissible prompt.
+    with Judge(settings) as judge:
+        manifest = job_manifest(kind, inputs, judge.settings, chunk_rows)
+        units = plan_units([len(rows)], chunk_rows)
 
-    def engine_of():
-        if "engine" not in state:
-            longest = prompt_length_bound(judge.tokenizer, config.truncation)
-            state["engine"] = create_engine(
-                config.model, judge.letters, longest, config.engine, config.trust_remote_code
-            )
-        return state["engine"]
+        def rows_of(unit: Unit) -> ArenaRows:
+            return take_rows(rows, range(unit.start, unit.stop))
 
-    def rows_of(unit: Unit) -> ArenaRows:
-        return take_rows(rows, range(unit.start, unit.stop))
-
-    try:
         with WorkDir(work_dir, manifest, restart=restart, started_at=started_at) as store:
-            execute = in_process(rows_of, engine_of, judge.tokenizer, config)
-            scores = run_phases(units, store, execute, config)
+            execute = in_process(rows_of, judge.start, judge.tokenizer, judge.settings)
+            scores = run_phases(units, store, execute, judge.settings)
             described = (
-                state["engine"].describe() if "engine" in state else f"{engine_name}: nothing left to score"
+                judge.engine.describe()
+                if judge.engine is not None
+                else f"{judge.settings.engine.name}: nothing left to score"
             )
             return job_result(rows.ids, scores, store.spent_seconds(), described)
-    finally:
-        if "engine" in state:
-            state["engine"].close()
-
-
-def evaluate_config(config: PredictConfig) -> PredictConfig:
-    """evaluate scores every row in both orders."""
-    return replace(config, tta="all")

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WsdmError
-from ..predict import PredictConfig
+from ..models.folder import ModelFolder
+from ..settings import JudgeSettings
 from . import faults
 from .sources import Shard, check_across_shards, inspect_shard, list_shards, read_unit_frame
 from .units import Task, Unit, UnitScores, prompt_task, score_prompted
@@ -101,7 +102,7 @@ def _tokenizer(model: str, trust_remote_code: bool):
     return load_tokenizer(Path(model), trust_remote_code)
 
 
-def prompt_unit(item: dict, *, model: str, truncation, normalization: str, trust_remote_code: bool) -> dict:
+def prompt_unit(item: dict, *, settings: JudgeSettings) -> dict:
     """CPU task: read, check and prompt one unit's rows (``data`` and ``preprocess`` do the work)."""
     from ..data import arena_rows_from_frame
     from ..preprocess import PromptSet
@@ -109,10 +110,11 @@ def prompt_unit(item: dict, *, model: str, truncation, normalization: str, trust
     shard = Shard(item["uri"])
     frame = read_unit_frame(shard, int(item["start"]), int(item["stop"]))
     rows = arena_rows_from_frame(
-        frame, f"{shard.name} (rows {item['start'] + 1}-{item['stop']})", normalization
+        frame, f"{shard.name} (rows {item['start'] + 1}-{item['stop']})", settings.text_normalization
     )
     task = _task(item)
-    prompts: PromptSet = prompt_task(rows, task, _tokenizer(model, trust_remote_code), truncation)
+    tokenizer = _tokenizer(str(settings.model), settings.trust_remote_code)
+    prompts: PromptSet = prompt_task(rows, task, tokenizer, settings.truncation)
     forward, offsets = _pack(prompts.token_ids)
     swapped, swapped_offsets = _pack(prompts.swapped_token_ids or [])
     return {
@@ -133,11 +135,11 @@ def _task(item: dict) -> Task:
 class UnitScorer:
     """A Ray actor holding one engine (one GPU group; tensor parallel inside it), scoring unit after unit."""
 
-    def __init__(self, model: str, letters, longest: int, options, trust_remote_code: bool, config) -> None:
+    def __init__(self, settings: JudgeSettings, letters, longest: int) -> None:
         from ..engines.select import create_engine
 
-        self.engine = create_engine(Path(model), tuple(letters), longest, options, trust_remote_code)
-        self.config = config
+        self.engine = create_engine(ModelFolder(settings.model), tuple(letters), longest, settings.engine)
+        self.settings = settings
         self.batches = 0
 
     def __call__(self, batch: dict) -> dict:
@@ -156,7 +158,7 @@ class UnitScorer:
             swapped = _unpack(item["swapped_ids"], item["swapped_offsets"]) if has_swapped else None
             texts = [""] * len(forward)
             prompts = PromptSet(texts, texts, forward, swapped)
-            scores = score_prompted(_task(item), prompts, self.engine, self.config)
+            scores = score_prompted(_task(item), prompts, self.engine, self.settings)
             out["unit"].append(scores.unit)
             out["forward"].append(b"" if scores.forward is None else scores.forward.tobytes())
             out["n_tokens"].append(
@@ -188,36 +190,52 @@ def _scores(row: dict) -> UnitScores:
 
 
 # ------------------------------------------------------------------------------------ layout
-def cluster_layout(options, tensor_parallel: int | None) -> tuple[object, int, dict]:
-    """(engine options for the actors, number of actors, Ray resources per actor).
+def cluster_layout(settings: JudgeSettings) -> tuple[JudgeSettings, int, dict]:
+    """(the settings with the actors' engine decided, number of actors, Ray resources per actor).
 
-    ``auto`` means vllm where the cluster has GPUs. One actor per ``tensor_parallel`` GPUs over
-    the whole cluster; on a CPU-only cluster, one hf actor per two CPUs (the rest prompt).
+    ``auto`` means vllm where the cluster has GPUs (the driver's own GPUs do not count). One actor
+    per ``tensor_parallel`` GPUs over the whole cluster; on a CPU-only cluster, one hf actor per two
+    CPUs (the rest prompt). Every other check of the options is the one :func:`resolve_engine` makes.
     """
+    from ..engines.select import resolve_engine
+
     ray = import_ray()
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-    if options.gpus is not None:
+    engine = settings.engine
+    if engine.gpus is not None:
         raise WsdmError("--gpus: on a Ray cluster each actor gets its GPUs from Ray; drop --gpus")
-    name = options.name if options.name != "auto" else ("vllm" if gpus and not options.hf_only() else "hf")
+    name = engine.name if engine.name != "auto" else ("vllm" if gpus and not engine.hf_only() else "hf")
     if name == "vllm":
         if not gpus:
             raise WsdmError("--engine vllm: the Ray cluster has no GPU")
-        size = tensor_parallel or 1
+        size = engine.tensor_parallel or 1
         if size > gpus:
             raise WsdmError(f"--tensor-parallel {size}: the Ray cluster has {gpus} GPU(s)")
-        extra = {"num_gpus": size, "num_cpus": 1}
-        return replace(options, name="vllm", tensor_parallel=size), gpus // size, extra
-    if gpus and options.device != "cpu":
-        return replace(options, name="hf", device="cuda"), gpus, {"num_gpus": 1, "num_cpus": 1}
-    return replace(options, name="hf", device="cpu"), max(1, cpus // 2), {"num_cpus": 1}
+        engine, actors, extra = (
+            replace(engine, name="vllm", tensor_parallel=size),
+            gpus // size,
+            {"num_gpus": size, "num_cpus": 1},
+        )
+    elif gpus and engine.device != "cpu":
+        engine, actors, extra = (
+            replace(engine, name="hf", device="cuda"),
+            gpus,
+            {"num_gpus": 1, "num_cpus": 1},
+        )
+    else:
+        engine, actors, extra = replace(engine, name="hf", device="cpu"), max(1, cpus // 2), {"num_cpus": 1}
+    engine = resolve_engine(engine, ModelFolder(settings.model))
+    return settings.with_engine(engine), actors, extra
 
 
-def ray_executor(shards: list[Shard], config: PredictConfig, letters, longest: int, normalization: str):
-    """An ``Executor`` (see ``units``) that runs each batch of tasks as one Ray Data pipeline."""
+def ray_executor(shards: list[Shard], settings: JudgeSettings, letters, longest: int):
+    """An ``Executor`` (see ``units``) that runs each batch of tasks as one Ray Data pipeline;
+    ``settings`` are the actors' (see :func:`cluster_layout`)."""
     ray = import_ray()
-    options, actors, resources = cluster_layout(config.engine, config.engine.tensor_parallel)
-    log.info("ray: %d %s actor(s), %s each", actors, options.name, resources)
+    settings, actors, resources = cluster_layout(settings)
+    log.info("ray: %d %s actor(s), %s each", actors, settings.engine.name, resources)
+    actor_settings = replace(settings, progress=False)
 
     def execute(tasks: list[Task]) -> Iterator[UnitScores]:
         items = [
@@ -232,29 +250,13 @@ def ray_executor(shards: list[Shard], config: PredictConfig, letters, longest: i
             for task in tasks
         ]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
-        dataset = dataset.map(
-            prompt_unit,
-            fn_kwargs={
-                "model": str(config.model),
-                "truncation": config.truncation,
-                "normalization": normalization,
-                "trust_remote_code": config.trust_remote_code,
-            },
-            num_cpus=1,
-        )
+        dataset = dataset.map(prompt_unit, fn_kwargs={"settings": actor_settings}, num_cpus=1)
         dataset = dataset.map_batches(
             UnitScorer,
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(actors, len(items))),
-            fn_constructor_kwargs={
-                "model": str(config.model),
-                "letters": tuple(letters),
-                "longest": longest,
-                "options": options,
-                "trust_remote_code": config.trust_remote_code,
-                "config": replace(config, engine=options, progress=False),
-            },
+            fn_constructor_kwargs={"settings": actor_settings, "letters": tuple(letters), "longest": longest},
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=ACTOR_RESTARTS,
             **resources,
@@ -269,7 +271,7 @@ def ray_executor(shards: list[Shard], config: PredictConfig, letters, longest: i
         except Exception as exc:  # noqa: BLE001 - a failed task: its own message, one line
             raise WsdmError(f"ray job failed: {_cause(exc)}") from exc
 
-    execute.engine = options.name  # type: ignore[attr-defined]
+    execute.settings = settings  # type: ignore[attr-defined]
     execute.spans = []  # type: ignore[attr-defined]  # (start, end) of each unit in its actor
     return execute
 
@@ -314,13 +316,12 @@ class RayJob:
 
 def run_ray_job(
     source: str,
-    config: PredictConfig,
+    settings: JudgeSettings,
     *,
     address: str | None,
     work_dir: Path | None,
     restart: bool,
     chunk_rows: int,
-    normalization: str,
     started_at: float,
     quiet: bool = False,
 ):
@@ -330,19 +331,20 @@ def run_ray_job(
     rows are read by the tasks, never by the driver, except their ids.
     """
     from ..models.checks import preflight
+    from ..preprocess import longest_admissible_prompt
     from ..prompt import letter_token_ids
-    from .local import job_manifest, prompt_length_bound
+    from .local import job_manifest
     from .units import job_result, plan_units, run_phases
     from .workdir import WorkDir
 
     import_ray()
-    tokenizer = preflight(config.model, config.trust_remote_code)
+    tokenizer = preflight(settings.model, settings.trust_remote_code)
     letters = letter_token_ids(tokenizer)
     shards = list_shards(source)
     init_ray(address, quiet)
     reports = inspect_shards(shards)
     execute = ray_executor(
-        shards, config, letters, prompt_length_bound(tokenizer, config.truncation), normalization
+        shards, settings, letters, longest_admissible_prompt(tokenizer, settings.truncation)
     )
     inputs = {
         "shards": [
@@ -350,15 +352,15 @@ def run_ray_job(
             for shard, report in zip(shards, reports, strict=True)
         ]
     }
-    manifest = job_manifest("predict", inputs, config, execute.engine, chunk_rows, normalization)
+    manifest = job_manifest("predict", inputs, execute.settings, chunk_rows)
     units = plan_units([report["rows"] for report in reports], chunk_rows)
     ids = [report["ids"] for report in reports]
     with WorkDir(work_dir, manifest, restart=restart, started_at=started_at) as store:
-        scores = run_phases(units, store, execute, config)
+        scores = run_phases(units, store, execute, settings)
         result = job_result(
             [i for shard_ids in ids for i in shard_ids],
             scores,
             store.spent_seconds(),
-            f"ray, {execute.engine}",
+            f"ray, {execute.settings.engine.name}",
         )
     return RayJob(shards, ids, result, list(execute.spans))

@@ -18,8 +18,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import ArenaRows
-from ..predict import PredictConfig, PredictResult, score_prompts, score_swapped
+from ..predict import PredictResult, score_prompts, score_swapped
 from ..preprocess import PromptSet, build_prompts
+from ..settings import JudgeSettings
 from ..tta import TTAPlan, combine_swapped, least_confident
 from .workdir import WorkDir
 
@@ -108,13 +109,13 @@ def prompt_task(rows: ArenaRows, task: Task, tokenizer, truncation) -> PromptSet
     return build_prompts(subset, tokenizer, truncation, with_swapped_ids=True, progress=False)
 
 
-def score_prompted(task: Task, prompts: PromptSet, engine, config: PredictConfig) -> UnitScores:
+def score_prompted(task: Task, prompts: PromptSet, engine, settings: JudgeSettings) -> UnitScores:
     """Score a task's prompts on a running engine, as ``predict`` scores a table of those rows."""
     swapped_rows = np.asarray(task.swapped, dtype=np.int64)
     if task.forward:
         rows = placeholder_rows(len(prompts))
-        unit_config = replace(config, progress=False, tta="all" if swapped_rows.size else "none")
-        result = score_prompts(rows, [prompts], engine, unit_config, time.time())
+        unit_settings = replace(settings, progress=False, tta="all" if swapped_rows.size else "none")
+        result = score_prompts(rows, [prompts], engine, unit_settings, time.time())
         swapped_tokens = [len(prompts.swapped_token_ids[i]) for i in result.rescored]
         return UnitScores(
             task.unit.index,
@@ -160,21 +161,21 @@ def _run(tasks: list[Task], execute: Executor, store: WorkDir, desc: str, progre
             bar.update(rows[scores.unit])
 
 
-def run_phases(units: list[Unit], store: WorkDir, execute: Executor, config: PredictConfig) -> JobScores:
+def run_phases(units: list[Unit], store: WorkDir, execute: Executor, settings: JudgeSettings) -> JobScores:
     """Everything not yet in ``store``: phase 1, the TTA count (once per job), phase 2."""
     n_rows = sum(unit.size for unit in units)
     every = {unit.index: np.arange(unit.size) for unit in units}
     pending = [u for u in units if u.index not in store.forward]
     if pending:
         store.start_forward()
-        tasks = [Task(u, True, every[u.index] if config.tta == "all" else EMPTY_ROWS) for u in pending]
-        _run(tasks, execute, store, "score", config.progress)
+        tasks = [Task(u, True, every[u.index] if settings.tta == "all" else EMPTY_ROWS) for u in pending]
+        _run(tasks, execute, store, "score", settings.progress)
         store.finish_forward()
     forward = np.concatenate([store.forward[u.index][0] for u in units])
     row_tokens = np.concatenate([store.forward[u.index][1] for u in units])
     count = store.state["tta_count"]
     if count is None:
-        plan = TTAPlan(config.tta, config.time_budget_minutes)
+        plan = TTAPlan(settings.tta, settings.time_budget_minutes)
         count = plan.count(n_rows, store.spent_seconds() / 60, store.forward_seconds() / 60)
         store.set_tta_count(count)
     rescored = np.sort(least_confident(forward, count))
@@ -185,7 +186,7 @@ def run_phases(units: list[Unit], store: WorkDir, execute: Executor, config: Pre
         if chosen[u.index].size and u.index not in store.swapped
     ]
     if tasks:
-        _run(tasks, execute, store, "tta", config.progress)
+        _run(tasks, execute, store, "tta", settings.progress)
     swapped = np.zeros((len(rescored), 2))
     tokens = int(row_tokens.sum())
     at = 0
@@ -227,7 +228,7 @@ def job_result(ids: list, scores: JobScores, seconds: float, engine: str) -> Pre
 
 
 def in_process(
-    rows_of: Callable[[Unit], ArenaRows], engine_of: Callable[[], object], tokenizer, config
+    rows_of: Callable[[Unit], ArenaRows], engine_of: Callable[[], object], tokenizer, settings: JudgeSettings
 ) -> Executor:
     """An executor that scores task after task here; the engine is started by the first task only,
     so a finished job re-writes its outputs without loading a model. The next task's prompts are
@@ -236,7 +237,7 @@ def in_process(
     from concurrent.futures import ThreadPoolExecutor
 
     def prompts_of(task: Task) -> PromptSet:
-        return prompt_task(rows_of(task.unit), task, tokenizer, config.truncation)
+        return prompt_task(rows_of(task.unit), task, tokenizer, settings.truncation)
 
     def execute(tasks: list[Task]) -> Iterator[UnitScores]:
         if not tasks:
@@ -247,6 +248,6 @@ def in_process(
                 prompts = ahead.result()
                 if number + 1 < len(tasks):
                     ahead = pool.submit(prompts_of, tasks[number + 1])
-                yield score_prompted(task, prompts, engine_of(), config)
+                yield score_prompted(task, prompts, engine_of(), settings)
 
     return execute

@@ -12,11 +12,11 @@ take about a second, and each problem found is one line that names the file and 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import WsdmError, one_line
 from ..prompt import ANSWER_LETTERS, JudgePrompt
+from .folder import ModelFolder
 from .report import ModelReport
 from .weights import check_weights_against_config, find_weights
 
@@ -26,24 +26,13 @@ GPTQ_BITS = (2, 3, 4, 8)
 # --------------------------------------------------------------------------- config
 
 
-def read_config(report: ModelReport) -> dict | None:
-    """Parse config.json; None (with a problem recorded) when it is missing or unreadable."""
-    path = report.path / "config.json"
-    if not path.is_file():
-        report.problem(f"{path}: missing; not a model folder (expected config.json, weights, tokenizer)")
-        return None
+def read_config(report: ModelReport, folder: ModelFolder | None = None) -> dict | None:
+    """The folder's parsed config.json; None (with the problem recorded) when it is missing or unreadable."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        report.problem(f"{path}: not UTF-8 text")
+        return (folder or ModelFolder(report.path)).config
+    except WsdmError as exc:
+        report.problem(str(exc))
         return None
-    except json.JSONDecodeError as exc:
-        report.problem(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})")
-        return None
-    if not isinstance(config, dict):
-        report.problem(f"{path}: expected a JSON object, found {type(config).__name__}")
-        return None
-    return config
 
 
 def check_config(report: ModelReport, config: dict, trust_remote_code: bool) -> None:
@@ -249,16 +238,18 @@ def check_model(path: str | Path, *, trust_remote_code: bool = False) -> ModelRe
     return report
 
 
-def preflight(path: str | Path, trust_remote_code: bool = False):
+def preflight(model: ModelFolder | str | Path, trust_remote_code: bool = False):
     """The cheap checks `predict` runs before loading weights; returns the loaded tokenizer.
 
     Weights are not inspected here: an engine may legitimately run without them (vLLM's dummy
-    load format for benchmarks), and loading reports missing files itself.
+    load format for benchmarks), and loading reports missing files itself. A :class:`ModelFolder`
+    keeps the config it parsed for the engine that runs next.
     """
-    report = _start(path)
+    folder = ModelFolder.of(model)
+    report = _start(folder.path)
     if report.problems:
         raise WsdmError(report.problems[0])
-    config = read_config(report)
+    config = read_config(report, folder)
     if config is not None:
         check_config(report, config, trust_remote_code)
     tokenizer = check_tokenizer(report, config, trust_remote_code)

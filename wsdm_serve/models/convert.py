@@ -31,9 +31,10 @@ from .dequantize import (
     module_shape,
     quantized_modules,
 )
+from .folder import read_model_config
 from .fp8 import DEFAULT_RECIPE, Fp8Recipe, is_block_linear, matches, quantization_config, quantize_weight
 from .output import CONVERT_INFO, ShardWriter, copy_side_files, expected_tensors, verify_converted
-from .shape import read_model_config, text_config
+from .shape import text_config
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from ..errors import WsdmError
 from .checkpoint import ShardedTensors, SourceFormat
 from .checks import check_files
 from .dequantize import conversion_units, module_shape
+from .folder import read_model_config
 from .fp8 import Fp8Recipe, is_block_linear, matches
-from .shape import read_model_config
 from .weights import BIN_INDEX, SAFETENSORS_INDEX
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WsdmError
-from .shape import read_model_config
+from .folder import read_model_config
 from .weights import weight_files
 
 WEIGHT_FORMATS = ("compressed-tensors", "gptq")

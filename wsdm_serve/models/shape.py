@@ -1,32 +1,14 @@
 """What a model folder's config.json says about its size: weight bytes, KV bytes per token.
 
 Plain arithmetic on the config (quantized widths counted from ``quantization_config``), used by the
-GPU plan to decide what fits and by every reader of a model folder for the config itself.
+GPU plan to decide what fits; the config itself is read by :mod:`.folder`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..errors import WsdmError
-
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-
-
-def read_model_config(model_dir: str | Path) -> dict:
-    """config.json of a model folder, with one-line errors for a missing or broken file."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise WsdmError(f"{model_dir}: no config.json; not a model folder") from None
-    except json.JSONDecodeError as exc:
-        raise WsdmError(f"{config_path}: not valid JSON ({exc.msg})") from exc
-    if not isinstance(config, dict):
-        raise WsdmError(f"{config_path}: expected a JSON object")
-    return config
 
 
 def text_config(config: dict) -> dict:

@@ -6,28 +6,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engines.asynchronous import BatchingOptions
-from ..engines.select import EngineOptions
 from ..errors import WsdmError
-from ..textnorm import Normalization
-from ..truncation import INFERENCE_TRUNCATION, TruncationConfig
+from ..settings import JudgeSettings
 
 API_KEY_ENV = "WSDM_API_KEY"
 DEFAULT_MAX_PAIRS_PER_REQUEST = 256
 DEFAULT_MAX_QUEUED_PAIRS = 4096
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
-CONTEXT_SLACK_TOKENS = 64
-"""Tokens allowed above token budget + template for the vllm engine's context: decoding a cut text
-and encoding it again inside the template can come out a few tokens longer."""
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: Path
-    engine: EngineOptions = field(default_factory=EngineOptions)
+    """The judge's settings (``judge.text_normalization`` is the default of requests that name
+    none) and what the service adds: request batching, limits and the API key."""
+
+    judge: JudgeSettings
     batching: BatchingOptions = field(default_factory=BatchingOptions)
-    truncation: TruncationConfig = INFERENCE_TRUNCATION
-    text_normalization: Normalization = "reference"
-    trust_remote_code: bool = False
     max_pairs_per_request: int = DEFAULT_MAX_PAIRS_PER_REQUEST
     max_queued_pairs: int = DEFAULT_MAX_QUEUED_PAIRS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES

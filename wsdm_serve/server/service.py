@@ -2,7 +2,7 @@
 rows and prompts exactly as predict makes them, scoring on the engine, probabilities and swap TTA.
 
 Every step is the package's own: rows are normalised by ``data``/``textnorm``, prompts are built
-(truncation, template, token ids) by the :class:`~wsdm_serve.predict.Judge` that predict uses, the
+(truncation, template, token ids) by the :class:`~wsdm_serve.judge.Judge` that predict uses, the
 engine returns raw letter logits, and ``tta`` turns them into probabilities.
 """
 
@@ -21,11 +21,9 @@ import numpy as np
 from ..data import arena_rows_from_records
 from ..engines.asynchronous import AsyncScoringEngine, EngineStopped
 from ..errors import one_line
-from ..predict import Judge, PredictConfig
-from ..preprocess import tokenize_prompts
-from ..prompt import JudgePrompt
+from ..judge import Judge
 from ..tta import combine_swapped, softmax2, winners
-from .config import CONTEXT_SLACK_TOKENS, ServeConfig
+from .config import ServeConfig
 from .metrics import ServerMetrics
 from .schema import ApiError, JudgeRequest
 
@@ -60,34 +58,21 @@ class JudgeService:
         config: ServeConfig,
         make_engine: Callable[[tuple[int, int], int], AsyncScoringEngine] | None = None,
     ) -> JudgeService:
-        """Check the model folder and load its tokenizer (seconds); the engine is made, not started.
+        """Check the model folder, load its tokenizer and decide the engine (seconds); the engine
+        is made, not started. It is sized for any prompt truncation lets through.
 
         ``make_engine(letter_ids, longest_prompt)``, when given, makes the engine instead of the
-        engine options (tests wrap the transformers engine; the benchmark keeps a handle on vLLM's).
+        settings (tests wrap the transformers engine; the benchmark keeps a handle on vLLM's).
         """
-        from ..engines.async_select import create_async_engine
-        from ..engines.select import check_options
+        from dataclasses import replace
 
-        check_options(config.engine)
-        judge = Judge(
-            PredictConfig(
-                model=config.model,
-                tta="none",
-                truncation=config.truncation,
-                engine=config.engine,
-                trust_remote_code=config.trust_remote_code,
-                progress=False,
-            )
-        )
+        from ..engines.async_select import create_async_engine
+
+        judge = Judge(replace(config.judge, tta="none", progress=False))
         if make_engine is not None:
-            return cls(config, make_engine(judge.letters, longest_prompt(judge)), judge)
+            return cls(config, make_engine(judge.letters, judge.longest_prompt), judge)
         engine = create_async_engine(
-            config.model,
-            judge.letters,
-            longest_prompt(judge),
-            config.engine,
-            config.trust_remote_code,
-            config.batching,
+            judge.folder, judge.letters, judge.longest_prompt, judge.settings.engine, config.batching
         )
         return cls(config, engine, judge)
 
@@ -156,7 +141,7 @@ class JudgeService:
     # ------------------------------------------------------------------ judging
     async def judge_pairs(self, request: JudgeRequest) -> dict:
         """Probabilities of every pair, in request order (the caller has admitted the pairs)."""
-        normalization = request.text_normalization or self.config.text_normalization
+        normalization = request.text_normalization or self.config.judge.text_normalization
         swap = request.swap == "all"
         rows = arena_rows_from_records([pair.model_dump() for pair in request.pairs], normalization)
         loop = asyncio.get_running_loop()
@@ -214,10 +199,10 @@ class JudgeService:
                 )
 
     def model_info(self) -> dict:
-        truncation = self.config.truncation
+        truncation = self.config.judge.truncation
         letters = self.judge.letters
         return {
-            "model": str(self.config.model),
+            "model": str(self.config.judge.model),
             "state": self.state,
             "engine": self.engine.name,
             "engine_description": self.engine.describe(),
@@ -228,7 +213,7 @@ class JudgeService:
                 "query_word_cap": truncation.query_word_cap,
                 "query_token_cap": truncation.query_token_cap,
             },
-            "text_normalization": self.config.text_normalization,
+            "text_normalization": self.config.judge.text_normalization,
             "letter_ids": {"A": letters[0], "B": letters[1]},
             "max_prompt_tokens": self.engine.max_prompt_tokens,
             "limits": {
@@ -237,12 +222,3 @@ class JudgeService:
                 "max_body_bytes": self.config.max_body_bytes,
             },
         }
-
-
-def longest_prompt(judge: Judge) -> int:
-    """Tokens of the longest prompt the truncation lets through (what the vllm engine's context is
-    sized for): the token budget (or the query cap, which a query alone may reach when the budget is
-    below it), the template around the texts, and a small slack."""
-    truncation = judge.config.truncation
-    template = tokenize_prompts(judge.tokenizer, [JudgePrompt(judge.tokenizer).render("", "", "")])[0]
-    return max(truncation.token_budget, truncation.query_token_cap) + len(template) + CONTEXT_SLACK_TOKENS
