@@ -126,7 +126,8 @@ def plot_scores(board: Board, path: Path) -> Path:
     axes.set_xlabel(
         f"Bradley-Terry score, Elo scale ({anchor}); bars: {int(CI_LEVEL * 100)}% bootstrap interval"
     )
-    axes.set_title(f"{len(names)} models, {board.n_questions} questions")
+    judgements = int(board.n_judgements.sum() // 2)
+    axes.set_title(f"{len(names)} models, {judgements:,} judgements of {board.n_questions:,} questions")
     axes.grid(axis="x", alpha=0.3)
     return _save(figure, Path(path))
 
