@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 PANDALM = REPO / "tests" / "assets" / "pandalm_train.parquet"
 
 
-def pandalm_answers(source: Path = PANDALM, questions: int | None = None, models: int | None = None) -> pd.DataFrame:
+def pandalm_answers(
+    source: Path = PANDALM, questions: int | None = None, models: int | None = None
+) -> pd.DataFrame:
     """One row per (instruction, model) of the instructions answered by all chosen models; a model's
     first answer where the pairs hold two (17 of 730 differ in the input that followed)."""
     pairs = pd.read_parquet(source)
@@ -42,7 +44,9 @@ def pandalm_answers(source: Path = PANDALM, questions: int | None = None, models
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="answers table (.parquet, .csv or .jsonl)")
     parser.add_argument("--questions", type=int, default=None, help="keep the first N questions")
     parser.add_argument("--models", type=int, default=None, help="keep the first N models (sorted by name)")

@@ -76,9 +76,30 @@ def coverage_world(design: str, kind: str, n_questions: int, rng: np.random.Gene
     return Comparisons(tuple(f"model-{i}" for i in range(len(strengths))), a, b, outcome, q)
 
 
+def asymptotic_sd(design: str, kind: str, n_questions: int, concentration: float = 2.0) -> np.ndarray:
+    """The large-sample sd of each score (Elo) from the Fisher information: an oracle's interval is
+    +-1.96 of it. Soft Beta outcomes have variance p(1-p)/(1+concentration) around the same mean, so
+    their sandwich covariance is the hard one divided by 1 + concentration."""
+    strengths = (TRUE_ELO - 1000.0) * LOG_ODDS_PER_ELO
+    k = len(strengths)
+    pairs = all_pairs(k) if design == "all" else baseline_pairs(k, 0)
+    information = np.zeros((k, k))
+    for a, b in pairs:
+        w = n_questions * sigmoid(strengths[a] - strengths[b]) * sigmoid(strengths[b] - strengths[a])
+        information[a, a] += w
+        information[b, b] += w
+        information[a, b] -= w
+        information[b, a] -= w
+    covariance = np.linalg.inv(information[1:, 1:]) / (1.0 if kind == "hard" else 1.0 + concentration)
+    return np.concatenate([[0.0], np.sqrt(np.diag(covariance))]) * 400.0 / np.log(10.0)
+
+
 def coverage(design: str, kind: str, repeats: int, resamples: int, n_questions: int, seed: int) -> dict:
+    """Coverage of the bootstrap intervals, beside an oracle's on the same draws (the score +-1.96
+    true sd): how far the draws themselves fall from 95% shows in the oracle's number."""
     truth = elo_scores((TRUE_ELO - 1000.0) * LOG_ODDS_PER_ELO, anchor=0)
-    inside, widths, orders = [], [], 0
+    sd = asymptotic_sd(design, kind, n_questions)
+    inside, oracle, widths, orders = [], [], [], 0
     for r in range(repeats):
         rng = np.random.default_rng(seed + r)
         board = leaderboard(
@@ -86,6 +107,7 @@ def coverage(design: str, kind: str, repeats: int, resamples: int, n_questions: 
         )
         held = (board.ci_low <= truth) & (truth <= board.ci_high)
         inside.append(held[1:])  # the baseline is 1000 by definition
+        oracle.append((np.abs(board.score - truth) <= 1.96 * sd)[1:])
         widths.append((board.ci_high - board.ci_low)[1:])
         orders += int(list(np.argsort(-board.score)) == list(np.argsort(-truth)))
     return {
@@ -94,6 +116,8 @@ def coverage(design: str, kind: str, repeats: int, resamples: int, n_questions: 
         "repeats": repeats,
         "coverage": float(np.mean(inside)),
         "mean_ci_width": float(np.mean(widths)),
+        "oracle_coverage": float(np.mean(oracle)),
+        "oracle_mean_width": float(np.mean(2 * 1.96 * sd[1:])),
         "order_recovered": orders / repeats,
     }
 
@@ -224,6 +248,7 @@ def main() -> None:
     )
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", default="a,b", help="a: recovery and coverage; b: budget")
     parser.add_argument("--quick", action="store_true", help="20 draws, 100 resamples, 4 worlds")
     parser.add_argument("--json", type=Path, default=None, help="also write every number here")
     args = parser.parse_args()
@@ -231,20 +256,23 @@ def main() -> None:
         args.repeats, args.resamples, args.budget_repeats = 20, 100, 4
     started = time.time()
     report: dict = {"settings": vars(args) | {"json": str(args.json)}}
+    parts = set(args.parts.split(","))
     with single_threaded():
-        report["one_run"] = show_one_run(args.questions, args.resamples, args.seed)
+        if "a" in parts:
+            report["one_run"] = show_one_run(args.questions, args.resamples, args.seed)
         report["coverage"] = []
-        for design in ("all", "baseline"):
+        for design in ("all", "baseline") if "a" in parts else ():
             for kind in ("hard", "soft"):
                 row = coverage(design, kind, args.repeats, args.resamples, args.questions, args.seed)
                 report["coverage"].append(row)
                 print(
                     f"(a) coverage, pairs {design:<8} {kind} outcomes: {row['coverage']:.1%} of true scores inside "
                     f"their 95% interval ({row['repeats']} draws x 7 models; mean width {row['mean_ci_width']:.0f} "
-                    f"Elo; true order recovered in {row['order_recovered']:.0%} of draws)"
+                    f"Elo); the oracle's +-1.96 sd ({row['oracle_mean_width']:.0f} Elo) on the same draws: "
+                    f"{row['oracle_coverage']:.1%}; true order recovered in {row['order_recovered']:.0%} of draws"
                 )
         report["budget"] = []
-        for spread in (float(x) for x in args.spreads.split(",")):
+        for spread in (float(x) for x in args.spreads.split(",")) if "b" in parts else ():
             for n_models in (10, 30):
                 result = budget_check(n_models, args.questions, spread, args.budget_repeats, args.seed)
                 report["budget"].append(result)

@@ -150,7 +150,7 @@ def judge_on_ray(
         if not source.is_file():
             write_frame(rows, source)
         job = run_ray_job(
-            str(source), settings.config, address=address,
+            str(source), replace(settings.config, progress=not quiet), address=address,
             work_dir=None if folder is None else scratch / "job", restart=False, chunk_rows=chunk_rows,
             normalization=settings.normalization, started_at=time.time(), quiet=quiet,
         )  # fmt: skip

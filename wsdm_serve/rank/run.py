@@ -59,7 +59,10 @@ class RayOptions:
 
 @dataclass
 class Judging:
-    """Judges what the store lacks, a chunk at a time (here, or on Ray when ``ray`` is given)."""
+    """Judges what the store lacks: here a chunk of ``chunk_rows`` pairs at a time, each saved as it
+    finishes; on Ray (``ray`` given) all of them as one job of units of ``chunk_rows`` pairs, whose
+    own work folder keeps finished units (a job per chunk would start the cluster's engines again
+    for every chunk)."""
 
     settings: JudgeSettings
     store: JudgementStore
@@ -75,30 +78,32 @@ class Judging:
             return
         rows = arena_rows(table, missing)
         started = time.perf_counter()
-        with tqdm(total=len(rows), desc="judge", unit="pair", disable=self.quiet, dynamic_ncols=True) as bar:
-            for start in range(0, len(rows), self.chunk_rows):
-                chunk = rows.iloc[start : start + self.chunk_rows].reset_index(drop=True)
-                judged, tokens = self._judge(chunk)
-                self.store.add(judged)
-                self.stats.judged += len(chunk)
-                self.stats.tokens += int(tokens)
-                elapsed = time.perf_counter() - started
-                bar.set_postfix_str(f"{self.stats.tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
-                bar.update(len(chunk))
-        self.stats.seconds += time.perf_counter() - started
-
-    def _judge(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         if self.ray is not None:
             folder = None if self.store.path is None else self.store.folder
-            self.stats.engine = "ray"
-            return judge_on_ray(
-                self.settings, chunk, address=self.ray.address, folder=folder,
+            judged, tokens = judge_on_ray(
+                self.settings, rows, address=self.ray.address, folder=folder,
                 chunk_rows=self.chunk_rows, quiet=self.quiet,
             )  # fmt: skip
-        assert self.judge is not None
-        judged = self.judge(chunk)
-        self.stats.engine = self.judge.describe()
-        return judged
+            self._saved(judged, tokens, "ray")
+        else:
+            assert self.judge is not None
+            with tqdm(
+                total=len(rows), desc="judge", unit="pair", disable=self.quiet, dynamic_ncols=True
+            ) as bar:
+                for start in range(0, len(rows), self.chunk_rows):
+                    chunk = rows.iloc[start : start + self.chunk_rows].reset_index(drop=True)
+                    judged, tokens = self.judge(chunk)
+                    self._saved(judged, tokens, self.judge.describe())
+                    elapsed = time.perf_counter() - started
+                    bar.set_postfix_str(f"{self.stats.tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
+                    bar.update(len(chunk))
+        self.stats.seconds += time.perf_counter() - started
+
+    def _saved(self, judged: pd.DataFrame, tokens: int, engine: str) -> None:
+        self.store.add(judged)
+        self.stats.judged += len(judged)
+        self.stats.tokens += int(tokens)
+        self.stats.engine = engine
 
 
 def judge_answers(
