@@ -145,6 +145,8 @@ def run(args) -> None:
     letters = letter_token_ids(tokenizer)
     engine = make_engine(args, model_dir, letters, prompt_length_bound(tokenizer, config.truncation))
     startup = time.perf_counter() - started
+    if args.engine == "vllm" and engine.scorer is None:
+        raise SystemExit("the bench runs one in-process engine; give --gpu N (or set CUDA_VISIBLE_DEVICES)")
     print(f"engine up in {startup:.1f} s: {engine.describe()}", flush=True)
     judge = Judge(config, engine)
 

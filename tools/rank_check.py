@@ -6,19 +6,22 @@
     probability sigmoid(s_a - s_b)) or soft (a probability drawn from a Beta distribution with that
     mean, like a judge's P(A)). ``compare.leaderboard`` fits the scores and their 95% bootstrap
     intervals over questions. One run is shown in full (true order recovered? every true score
-    inside its interval?); then, over ``--repeats`` fresh draws, the share of (model, draw) whose
-    interval holds the true score: the coverage, nominally 95%.
+    inside its interval?); then the point estimate alone over 400 draws (its sd against the Fisher
+    information's, its bias); then, over ``--repeats`` fresh draws per design, the share of (model,
+    draw) whose interval holds the true score: the coverage, nominally 95%, beside an oracle's that
+    knows the exact sd (the score +-1.96 sd) on the same draws.
 
 (b) ``--pairs budget`` against all pairs. 10 and 30 models whose true Elo scores are drawn with a
     standard deviation of 150 points (about Arena-Hard-Auto v0.1's spread) and of 75 (a crowded
     board), 200 questions, a question effect per model and question (some questions suit some
-    models: normal, sd 1 in log-odds), soft outcomes. The ranking that all pairs on all questions give is the reference; for
+    models: normal, sd 1 in log-odds), soft outcomes. The ranking all pairs on all questions give is
+    the reference; for
     budgets of 1% to 33% of those judgements, the adaptive schedule (``compare.budget``) and uniform
     random judgements are each fitted and compared with it by Kendall's tau. Reported: the smallest
     budget at which at least 90% of ``--budget-repeats`` worlds reach tau >= 0.9 (target: at most
     one third of all pairs).
 
-    PYTHONPATH=$PWD python tools/rank_check.py --json rank_check.json   # ~20 minutes on 2 busy cores
+    PYTHONPATH=$PWD python tools/rank_check.py --json rank_check.json   # ~24 minutes on 2 busy cores
     PYTHONPATH=$PWD python tools/rank_check.py --quick                  # fewer draws, ~3 minutes
 """
 
@@ -120,6 +123,39 @@ def coverage(design: str, kind: str, repeats: int, resamples: int, n_questions: 
         "oracle_mean_width": float(np.mean(2 * 1.96 * sd[1:])),
         "order_recovered": orders / repeats,
     }
+
+
+def estimator_check(n_questions: int, draws: int = 400, seed: int = 1000) -> dict:
+    """The point estimate alone over many draws (all pairs, hard outcomes): its sd against the Fisher
+    information's, its bias, and the oracle interval's coverage. Cheap: no bootstrap."""
+    truth = elo_scores((TRUE_ELO - 1000.0) * LOG_ODDS_PER_ELO, anchor=0)
+    sd = asymptotic_sd("all", "hard", n_questions)
+    scores = np.array(
+        [
+            elo_scores(
+                BradleyTerryFit(
+                    coverage_world("all", "hard", n_questions, np.random.default_rng(seed + r)), 0
+                )
+                .fit()
+                .values,
+                anchor=0,
+            )
+            for r in range(draws)
+        ]
+    )
+    result = {
+        "draws": draws,
+        "sd": scores.std(axis=0)[1:].round(2).tolist(),
+        "fisher_sd": sd[1:].round(2).tolist(),
+        "largest_bias": float(np.abs(scores.mean(axis=0) - truth).max()),
+        "oracle_coverage": float((np.abs(scores - truth) <= 1.96 * sd)[:, 1:].mean()),
+    }
+    print(
+        f"(a) the estimate over {draws} draws (all pairs, hard): sd {min(result['sd']):.1f} to {max(result['sd']):.1f} "
+        f"Elo against the Fisher information's {min(result['fisher_sd']):.1f} to {max(result['fisher_sd']):.1f}; "
+        f"largest bias {result['largest_bias']:.2f} Elo; oracle coverage {result['oracle_coverage']:.1%}"
+    )
+    return result
 
 
 def show_one_run(n_questions: int, resamples: int, seed: int) -> dict:
@@ -260,6 +296,7 @@ def main() -> None:
     with single_threaded():
         if "a" in parts:
             report["one_run"] = show_one_run(args.questions, args.resamples, args.seed)
+            report["estimator"] = estimator_check(args.questions)
         report["coverage"] = []
         for design in ("all", "baseline") if "a" in parts else ():
             for kind in ("hard", "soft"):
