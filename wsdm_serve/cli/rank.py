@@ -140,9 +140,8 @@ def rank(
         return
     from ..predict import PredictConfig
     from ..rank.answers import load_answers
-    from ..rank.judging import JudgeSettings, judge_identity, open_judge
-    from ..rank.run import Judging, RayOptions, answer_lengths, judge_answers
-    from ..rank.store import JudgementStore
+    from ..rank.judging import JudgeSettings
+    from ..rank.run import answer_lengths, rank_answers
     from ..truncation import TruncationConfig
 
     loaded = load_answers(answers, answers_format)
@@ -154,31 +153,18 @@ def rank(
         trust_remote_code=trust_remote_code,
         progress=False,
     )
-    judge_settings = JudgeSettings(config, text_normalization)
-    judge = open_judge(judge_settings, ray=job.ray)
-    try:
-        with JudgementStore(
-            job.work_dir, judge_identity(judge_settings, job.ray), restart=job.restart
-        ) as store:
-            judging = Judging(
-                judge_settings,
-                store,
-                judge,
-                job.chunk_rows,
-                quiet,
-                RayOptions(job.ray_address) if job.ray else None,
-            )
-            frame = judge_answers(loaded, pairing, board, judging, seed)
-    finally:
-        if judge is not None:
-            judge.close()
+    frame, stats = rank_answers(
+        loaded, pairing, board, JudgeSettings(config, text_normalization), work_dir=job.work_dir,
+        restart=job.restart, chunk_rows=job.chunk_rows, ray_address=job.ray_address if job.ray else None,
+        ray=job.ray, seed=seed, quiet=quiet,
+    )  # fmt: skip
     settings.update(
         answers=str(answers), format=answers_format, model=str(model), pairs=pairing.pairs,
         max_judgements=pairing.max_judgements, token_budget=token_budget,
         response_word_cap=response_word_cap, text_normalization=text_normalization,
-        engine=judging.stats.engine,
+        engine=stats.engine,
     )  # fmt: skip
-    summary = f"{len(loaded.models)} models, {loaded.n_questions} questions, {judging.stats.summary()}"
+    summary = f"{len(loaded.models)} models, {loaded.n_questions} questions, {stats.summary()}"
     _finish(out, frame, board, settings, answer_lengths(loaded), quiet, what=summary)
 
 

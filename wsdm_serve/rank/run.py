@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from ..compare import BudgetPlanner, all_pairs, baseline_pairs, on_every_question
 from .answers import Answers
 from .boards import BoardSettings, comparisons_of
-from .judging import JudgeSettings, PairJudge, judge_on_ray
+from .judging import JudgeSettings, PairJudge, judge_identity, judge_on_ray, open_judge
 from .pairs import arena_rows, judgements_frame, pair_table
 from .store import JudgementStore
 
@@ -134,6 +135,34 @@ def judge_answers(
     judging.stats.scheduled = planner.scheduled
     assert frame is not None
     return frame
+
+
+def rank_answers(
+    answers: Answers,
+    pairing: Pairing,
+    board: BoardSettings,
+    settings: JudgeSettings,
+    *,
+    work_dir: Path | None,
+    restart: bool,
+    chunk_rows: int,
+    ray: bool,
+    ray_address: str | None,
+    seed: int,
+    quiet: bool,
+) -> tuple[pd.DataFrame, JudgingStats]:
+    """The judgements table of ``answers`` under ``pairing``, with the work folder (if any) opened
+    for this judge; the model folder is checked before anything is written."""
+    judge = open_judge(settings, ray=ray)
+    try:
+        with JudgementStore(work_dir, judge_identity(settings, ray), restart=restart) as store:
+            judging = Judging(
+                settings, store, judge, chunk_rows, quiet, RayOptions(ray_address) if ray else None
+            )
+            return judge_answers(answers, pairing, board, judging, seed), judging.stats
+    finally:
+        if judge is not None:
+            judge.close()
 
 
 def answer_lengths(answers: Answers) -> dict[str, float]:
