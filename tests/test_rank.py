@@ -227,7 +227,17 @@ def test_answer_folders_read_as_the_table(answers, tmp_path):
             for q, p, r in zip(part.question_id, part.prompt, part.response, strict=True)
         ]  # fmt: skip
         (hard / "model_answer" / f"{model}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    for path, layout in ((alpaca, "alpaca-eval"), (hard, "arena-hard")):
+    old = tmp_path / "arena-hard-v0.1"  # prompts only in question.jsonl; answers as choices[0].turns
+    (old / "model_answer").mkdir(parents=True)
+    (old / "question.jsonl").write_text(
+        "".join(json.dumps({"question_id": q, "category": c, "turns": [{"content": p}]}) + "\n"
+                for q, c, p in zip(questions.question_id, questions.category, questions.prompt, strict=True))
+    )  # fmt: skip
+    for model, part in frame.groupby("model"):
+        lines = [{"question_id": q, "model_id": model, "choices": [{"index": 0, "turns": [{"content": r}]}]}
+                 for q, r in zip(part.question_id, part.response, strict=True)]  # fmt: skip
+        (old / "model_answer" / f"{model}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for path, layout in ((alpaca, "alpaca-eval"), (hard, "arena-hard"), (old / "model_answer", "arena-hard")):
         read = load_answers(path, layout)
         assert read.models == table.models
         by_prompt = dict(zip(read.prompts, read.responses, strict=True))
