@@ -166,3 +166,34 @@ def test_bad_shards_are_one_line_naming_shard_and_row(cluster, tiny_model_dir, t
     assert not out.exists()
     with pytest.raises(WsdmError, match="no file matches"):
         run(tmp_path / "nothing-*.parquet", config)
+
+
+def test_rank_on_the_cluster_judges_as_rank_here(cluster, tiny_model_dir, tmp_path):
+    """`rank --ray` sends its pairs through predict's Ray job: the same judgements as in this process."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from tests.conftest import ASSETS
+    from wsdm_serve.cli import main
+
+    spec = importlib.util.spec_from_file_location(
+        "pandalm_answers", ASSETS.parents[1] / "tools" / "pandalm_answers.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    answers = tmp_path / "answers.parquet"
+    tool.pandalm_answers(questions=4, models=3).to_parquet(answers)
+    common = ["-q", "rank", str(answers), "--model", str(tiny_model_dir), "--baseline", "llama-7b",
+              "--bootstrap", "10", "--token-budget", str(BUDGET), "--chunk-rows", "5"]  # fmt: skip
+    here = CliRunner().invoke(
+        main, [*common, "--out", str(tmp_path / "here"), "--engine", "hf", "--device", "cpu"]
+    )
+    assert here.exit_code == 0, here.output
+    there = CliRunner().invoke(
+        main, [*common, "--out", str(tmp_path / "ray"), "--ray", "--work-dir", str(tmp_path / "work")]
+    )
+    assert there.exit_code == 0, there.output
+    local, distributed = (pd.read_parquet(tmp_path / name / "judgements.parquet") for name in ("here", "ray"))
+    pd.testing.assert_frame_equal(local, distributed, check_exact=False, atol=1e-6)
+    assert not list((tmp_path / "work").glob("judge-*/ray-*"))  # the job's scratch is gone once saved

@@ -316,10 +316,12 @@ def evaluate(
 
 
 from .convert import convert  # noqa: E402
+from .rank import rank  # noqa: E402
 from .serve import serve  # noqa: E402
 
 main.add_command(convert)
 main.add_command(serve)
+main.add_command(rank)
 
 if __name__ == "__main__":
     main()
