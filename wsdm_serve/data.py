@@ -55,6 +55,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
+    return pd.DataFrame.from_records([record for _, record in jsonl_records(path)])
+
+
+def jsonl_records(path: Path) -> list[tuple[int, dict]]:
+    """``(line number, object)`` of every non-blank line of a JSON Lines file; a line that is not
+    a JSON object is an error naming it."""
     records = []
     with path.open("r", encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -66,8 +72,8 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                 raise WsdmError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from exc
             if not isinstance(record, dict):
                 raise WsdmError(f"{path}: line {line_number} is not a JSON object")
-            records.append(record)
-    return pd.DataFrame.from_records(records)
+            records.append((line_number, record))
+    return records
 
 
 @dataclass(frozen=True)

@@ -107,16 +107,8 @@ class WorkDir:
             _json_write(path / MANIFEST, self.manifest)
 
     def _take_lock(self) -> None:
-        import fcntl
-
         assert self.path is not None
-        handle = open(self.path / LOCK, "a+")  # noqa: SIM115 - held until close()
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise WsdmError(f"{self.path}: another job is using this work folder") from None
-        self._lock = handle
+        self._lock = lock_folder(self.path, "job")
 
     def _read_json(self, name: str) -> dict:
         assert self.path is not None
@@ -223,3 +215,18 @@ def ensure_not_inside(work_dir: Path | None, *outputs: Path | None) -> None:
     for out in outputs:
         if out is not None and os.path.realpath(out).startswith(root + os.sep):
             raise WsdmError(f"{out}: is inside --work-dir {work_dir}; write outputs elsewhere")
+
+
+def lock_folder(path: Path, user: str):
+    """Hold an exclusive lock on the work folder ``path`` (a file handle; closing it releases the
+    lock): two runs writing into one folder would interleave their files. ``user`` names the kind
+    of run in the error (``job``, ``rank``)."""
+    import fcntl
+
+    handle = open(path / LOCK, "a+")  # noqa: SIM115 - held until the caller closes it
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise WsdmError(f"{path}: another {user} is using this work folder") from None
+    return handle

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import read_table, validate_frame
+from ..data import jsonl_records, read_table, validate_frame
 from ..errors import WsdmError
 
 FORMATS: tuple[str, ...] = ("table", "alpaca-eval", "arena-hard")
@@ -168,22 +168,10 @@ def _json_file(path: Path):
 
 
 def _jsonl_records(path: Path) -> list[tuple[int, dict]]:
-    records = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return jsonl_records(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise WsdmError(f"{path}: unreadable ({exc})") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise WsdmError(f"{path}: line {number} is not valid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise WsdmError(f"{path}: line {number} is not a JSON object")
-        records.append((number, record))
-    return records
 
 
 def read_alpaca_eval(folder: Path) -> pd.DataFrame:

@@ -37,13 +37,11 @@ def rank_settings(settings: JudgeSettings) -> JudgeSettings:
 def judge_identity(settings: JudgeSettings, ray: bool = False) -> dict:
     """The model folder's identity and every setting that changes a score (``jobs.identity``), minus
     the chunking: a judgement of a pair does not depend on the chunk it was judged in beyond the last
-    digits, which a resumed run may keep. On Ray the cluster picks the engine: ``ray`` stands for it."""
-    from ..engines.select import resolve_engine
+    digits, which a resumed run may keep. ``settings`` are a judge's (the engine resolved); on Ray
+    the cluster picks the engine: ``ray`` stands for it."""
     from ..jobs.identity import model_identity, score_settings
-    from ..models.folder import ModelFolder
 
-    engine = settings.engine
-    engine = replace(engine, name="ray") if ray else resolve_engine(engine, ModelFolder(settings.model))
+    engine = replace(settings.engine, name="ray") if ray else settings.engine
     values = score_settings(rank_settings(settings).with_engine(engine), 0)
     values.pop("chunk_rows")
     values.pop("time_budget_minutes")

@@ -156,7 +156,8 @@ def rank_answers(
     for this judge; the model folder is checked before anything is written."""
     judge = open_judge(settings, ray=ray)
     try:
-        with JudgementStore(work_dir, judge_identity(settings, ray), restart=restart) as store:
+        judged_by = settings if judge is None else judge.judge.settings  # the engine decided once
+        with JudgementStore(work_dir, judge_identity(judged_by, ray), restart=restart) as store:
             judging = Judging(
                 settings, store, judge, chunk_rows, quiet, RayOptions(ray_address) if ray else None
             )

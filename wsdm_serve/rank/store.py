@@ -27,12 +27,12 @@ import pandas as pd
 
 from ..errors import WsdmError
 from ..jobs import faults
+from ..jobs.workdir import LOCK, lock_folder
 from ..outputs import atomic_write, write_frame
 from .pairs import JUDGED_COLUMNS
 
 FORMAT = 1
 MARK = "rank.json"
-LOCK = ".lock"
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -94,16 +94,8 @@ class JudgementStore:
             _write_json(folder / "judge.json", self.identity)
 
     def _take_lock(self) -> None:
-        import fcntl
-
         assert self.path is not None
-        handle = open(self.path / LOCK, "a+")  # noqa: SIM115 - held until close()
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise WsdmError(f"{self.path}: another rank is using this work folder") from None
-        self._lock = handle
+        self._lock = lock_folder(self.path, "rank")
 
     def _load(self, folder: Path) -> None:
         for file in sorted(folder.glob("part-*.parquet")):
