@@ -81,11 +81,13 @@ def test_bad_core_lists_are_one_line_errors(text, message):
 
 
 # --------------------------------------------------------------------------- layouts
-def test_the_ci_machine_runs_one_engine_on_both_cores():
+def test_the_ci_machine_runs_one_single_threaded_engine_per_core():
     result = plan()
-    assert result.engines == (((0, 1),),)
-    assert result.binding(0) == "0-1"
-    assert result.environment(0) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    assert result.engines == (((0,),), ((1,),))
+    assert [result.environment(e) for e in range(2)] == [
+        {"VLLM_CPU_OMP_THREADS_BIND": "0"},
+        {"VLLM_CPU_OMP_THREADS_BIND": "1"},
+    ]
     assert result.dtype == "float32" and result.max_model_len == 2049
     assert result.kv_cache_bytes == DEFAULT_KV_CACHE_BYTES
     assert result.engine_arguments() == {
@@ -95,6 +97,12 @@ def test_the_ci_machine_runs_one_engine_on_both_cores():
         "kv_cache_memory_bytes": DEFAULT_KV_CACHE_BYTES,
     }
     assert result.notes == []
+    assert result.describe().startswith("2 engine(s) x tensor-parallel 1 on cores [0] [1], float32")
+
+
+def test_one_engine_on_the_ci_machine_takes_both_cores():
+    result = plan(engines=1)
+    assert result.engines == (((0, 1),),) and result.binding(0) == "0-1"
 
 
 def test_tensor_parallel_two_binds_one_core_per_rank():
@@ -104,19 +112,15 @@ def test_tensor_parallel_two_binds_one_core_per_rank():
     assert "tensor-parallel 2 on cores [0|1]" in result.describe()
 
 
-def test_two_engines_get_a_core_each():
-    result = plan(engines=2)
-    assert [result.binding(e) for e in range(2)] == ["0", "1"]
-    assert result.describe().startswith("2 engine(s) x tensor-parallel 1 on cores [0] [1], float32")
-
-
-def test_two_sockets_run_one_engine_per_numa_node():
+def test_two_sockets_run_one_engine_per_numa_node_with_a_core_left_to_the_scheduler():
     result = plan(QWEN25_14B_GPTQ4, TWO_SOCKETS)
-    assert [result.binding(e) for e in range(2)] == ["0-27", "28-55"]
+    assert [result.binding(e) for e in range(2)] == ["0-26", "28-54"]
     assert result.dtype == "bfloat16"  # 4-bit kernels compute in bf16
     tensor_parallel = plan(QWEN25_14B_GPTQ4, TWO_SOCKETS, tensor_parallel=2)
-    assert tensor_parallel.engines == ((tuple(range(28)), tuple(range(28, 56))),)
-    assert tensor_parallel.binding(0) == "0-27|28-55"
+    assert tensor_parallel.engines == ((tuple(range(27)), tuple(range(28, 55))),)
+    assert tensor_parallel.binding(0) == "0-26|28-54"
+    four = plan(QWEN25_14B_GPTQ4, TWO_SOCKETS, engines=4)
+    assert [four.binding(e) for e in range(4)] == ["0-12", "13-25", "28-40", "41-53"]
 
 
 def test_ranks_never_straddle_numa_nodes_when_each_node_holds_whole_ranks():
@@ -129,15 +133,18 @@ def test_ranks_never_straddle_numa_nodes_when_each_node_holds_whole_ranks():
 
 
 def test_idle_cores_are_noted():
-    three = CpuMachine(cores=(0, 1, 2), numa_nodes=((0, 1, 2),), free_memory=20 * GIB, total_memory=24 * GIB)
-    result = plan(machine=three, engines=2)
-    assert [result.binding(e) for e in range(2)] == ["0", "1"]
-    assert result.notes == ["1 core(s) left idle: 3 cores do not divide into 2 equal ranks"]
+    five = CpuMachine(
+        cores=tuple(range(5)), numa_nodes=(tuple(range(5)),), free_memory=20 * GIB, total_memory=24 * GIB
+    )
+    result = plan(machine=five, engines=3)
+    assert [result.binding(e) for e in range(3)] == ["0", "1", "2"]  # core 4 is the scheduler's
+    assert result.notes == ["1 core(s) left idle: 4 cores do not divide into 3 equal ranks"]
 
 
 def test_cpus_restricts_the_cores():
     result = plan(machine=TWO_SOCKETS, cpus="0-3")
-    assert result.engines == (((0, 1, 2, 3),),)
+    assert result.engines == (((0, 1, 2),),)
+    assert plan(machine=TWO_SOCKETS, cpus="8,9").engines == (((8,),), ((9,),))
     with pytest.raises(
         WsdmError, match=r"--cpus 0-60: core 56 is not available to this process \(allowed: 0-55\)"
     ):
@@ -146,7 +153,7 @@ def test_cpus_restricts_the_cores():
 
 def test_a_machine_without_numa_information_is_one_node():
     flat = CpuMachine(cores=(0, 1, 2, 3), free_memory=20 * GIB, total_memory=24 * GIB)
-    assert plan(machine=flat).engines == (((0, 1, 2, 3),),)
+    assert plan(machine=flat).engines == (((0, 1, 2),),)
 
 
 # --------------------------------------------------------------------------- memory

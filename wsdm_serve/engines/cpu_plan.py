@@ -49,6 +49,13 @@ DEFAULT_KV_CACHE_BYTES = 2 * GIB
 model or 10,000 of the 14B judge, far more than one scheduler step (4,096 tokens) needs."""
 DEFAULT_MEMORY_FRACTION = 0.9
 """Share of the free memory the plan may fill."""
+SMALL_NODE_CORES = 2
+"""NUMA nodes of at most this many cores run one single-threaded rank per core. Measured on one node
+of 2 cores (docs/benchmarks.md): one engine whose two OpenMP threads share the cores with vLLM's
+scheduler process ran 1.0-2.2x slower than the same engine's work split into one process per core,
+because every parallel region waits for whichever thread the scheduler preempted. Larger nodes run
+one rank each and keep their last core for the scheduler processes, as vLLM's own ``auto`` binding
+does (not measured here)."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +287,22 @@ def split_cores(machine: CpuMachine, cpus: str | None) -> list[tuple[int, ...]]:
     return [kept for node in nodes if (kept := tuple(core for core in node if core in chosen))]
 
 
+def compute_cores(nodes: Sequence[Sequence[int]]) -> tuple[list[tuple[int, ...]], int]:
+    """The cores ranks compute on, node by node, and how many ranks the nodes hold by default: a
+    small node (:data:`SMALL_NODE_CORES`) one rank per core on all its cores, a larger one a single
+    rank on all its cores but the last, which is left to vLLM's scheduler processes."""
+    kept: list[tuple[int, ...]] = []
+    ranks = 0
+    for node in nodes:
+        if len(node) <= SMALL_NODE_CORES:
+            kept.append(tuple(node))
+            ranks += len(node)
+        else:
+            kept.append(tuple(node[:-1]))
+            ranks += 1
+    return kept, ranks
+
+
 def assign_cores(
     nodes: Sequence[Sequence[int]], tensor_parallel: int, engines: int
 ) -> tuple[tuple[tuple[int, ...], ...], ...]:
@@ -332,8 +355,9 @@ def plan_cpus(
 ) -> CpuPlan:
     """Decide the whole CPU layout from the options; every rejection is one line naming the option.
 
-    Default: tensor-parallel 1 and one engine per NUMA node (all its cores), fewer where memory
-    does not hold that many copies of the weights.
+    Default: tensor-parallel 1 and as many engines as :func:`compute_cores` gives ranks (one per core
+    on nodes of up to 2 cores, else one per NUMA node), fewer where memory does not hold that many
+    copies of the weights.
     """
     if precision == "fp8":
         raise WsdmError(
@@ -343,7 +367,7 @@ def plan_cpus(
     check_cpu_model(config, kind)
     chosen_dtype = choose_cpu_dtype(dtype, kind, machine)
     length = choose_max_model_len(longest_prompt, max_model_len, config)
-    nodes = split_cores(machine, cpus)
+    nodes, default_ranks = compute_cores(split_cores(machine, cpus))
     n_cores = sum(len(node) for node in nodes)
     size = 1 if tensor_parallel is None else tensor_parallel
     if size < 1:
@@ -397,7 +421,7 @@ def plan_cpus(
     notes: list[str] = []
     fit = max(1, budget // one)
     if engines is None:
-        wanted = max(1, len(nodes) // size) if len(nodes) >= size else 1
+        wanted = max(1, default_ranks // size)
         count = min(wanted, fit)
         if count < wanted:
             notes.append(f"{count} engine(s) instead of {wanted}: each holds ~{one / GIB:.1f} GiB")
