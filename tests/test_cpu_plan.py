@@ -7,17 +7,8 @@ import os
 
 import pytest
 
-from wsdm_serve.engines.cpu_plan import (
-    DEFAULT_KV_CACHE_BYTES,
-    GIB,
-    CpuMachine,
-    assign_cores,
-    detect_machine,
-    engine_memory,
-    format_core_list,
-    parse_core_list,
-    plan_cpus,
-)
+from wsdm_serve.engines.cpu_machine import GIB, CpuMachine, detect_machine, format_core_list, parse_core_list
+from wsdm_serve.engines.cpu_plan import DEFAULT_KV_CACHE_BYTES, assign_cores, engine_memory, plan_cpus
 from wsdm_serve.engines.model_shape import estimate_weight_bytes
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.models.precision import checkpoint_kind

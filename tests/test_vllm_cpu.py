@@ -89,7 +89,8 @@ def hf_p_a(model_dir, prompts):
 def score_with_layout(model_dir, prompts, engines: int, tensor_parallel: int, kind: str = "full"):
     """Start the plan's engine(s), score every prompt twice (the second pass in reverse order, from
     the prefix cache), close them."""
-    from wsdm_serve.engines.cpu_plan import detect_machine, plan_cpus
+    from wsdm_serve.engines.cpu_machine import detect_machine
+    from wsdm_serve.engines.cpu_plan import plan_cpus
     from wsdm_serve.engines.model_shape import read_model_config
     from wsdm_serve.engines.vllm_cpu import cpu_scorer_arguments, start_cpu_engines
 

@@ -61,7 +61,8 @@ def start_engine(args, letters: tuple[int, int], longest: int):
         import torch
 
         return engine, f"transformers {args.dtype}, {torch.get_num_threads()} threads"
-    from wsdm_serve.engines.cpu_plan import detect_machine, plan_cpus
+    from wsdm_serve.engines.cpu_machine import detect_machine
+    from wsdm_serve.engines.cpu_plan import plan_cpus
     from wsdm_serve.engines.model_shape import read_model_config
     from wsdm_serve.engines.vllm_cpu import cpu_scorer_arguments, start_cpu_engines
     from wsdm_serve.models.precision import checkpoint_kind
