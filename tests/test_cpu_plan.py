@@ -91,9 +91,17 @@ def test_the_ci_machine_runs_one_single_threaded_engine_per_core():
     assert result.describe().startswith("2 engine(s) x tensor-parallel 1 on cores [0] [1], float32")
 
 
-def test_one_engine_on_the_ci_machine_takes_both_cores():
+def test_one_engine_on_the_ci_machine_takes_both_cores_as_two_ranks():
+    """One engine (a server's) gets the two single-threaded ranks the node holds; asked for one rank,
+    it runs two threads on both cores."""
     result = plan(engines=1)
-    assert result.engines == (((0, 1),),) and result.binding(0) == "0-1"
+    assert result.engines == (((0,), (1,)),) and result.binding(0) == "0|1"
+    single = plan(engines=1, tensor_parallel=1)
+    assert single.engines == (((0, 1),),) and single.binding(0) == "0-1"
+    odd_heads = plan(
+        {**TINY, "num_attention_heads": 3, "num_key_value_heads": 1, "hidden_size": 96}, engines=1
+    )
+    assert odd_heads.tensor_parallel == 1  # 3 heads do not split in two
 
 
 def test_tensor_parallel_two_binds_one_core_per_rank():
