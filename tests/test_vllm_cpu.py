@@ -10,11 +10,12 @@ stays below 1e-4 (measured: 2e-6).
 Each vLLM start costs 20-60 s on two cores, so six engines start in the whole module and each does
 as much as it can:
 
-- ``predict --tensor-parallel 2``: one engine, in the predict process, with a rank on each core;
-- ``predict --work-dir``: the default layout on two cores (two engines, one worker process each),
-  SIGKILLed after 3 units, then resumed with ``--cpus 0`` (one engine on one core: which cores, and
-  how many engines, are not part of a work folder's identity, so a resume may change them);
-- ``evaluate`` on labelled rows, default layout;
+- ``predict --engines 1 --tensor-parallel 1``: one engine in the predict process, on both cores;
+- ``predict --work-dir --engines 1``: one engine in the predict process with a rank on each core,
+  SIGKILLed after 3 units (its vLLM processes must end with it), then resumed with ``--engines 2``,
+  two engines in worker processes, one per core (the default on two cores; how many engines, and
+  which cores, are not part of a work folder's identity, so a resume may change them);
+- ``evaluate --tensor-parallel 2`` on labelled rows;
 - ``serve``: the async engine (``AsyncLLM``, one engine on both cores), concurrent clients, then
   SIGTERM with requests in flight;
 - ``Judge.from_pretrained(..., engine="vllm", device="cpu")`` on a 4-bit checkpoint, in bfloat16;
@@ -27,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -121,12 +123,12 @@ def summary(stderr: str) -> str:
 
 
 # ------------------------------------------------------------------------------- predict
-def test_predict_at_tensor_parallel_2(model_dir, table, hf_table, tmp_path):
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("two cores needed")
-    result = predict(table, model_dir, tmp_path / "sub.csv", "--tensor-parallel", "2")
+def test_predict_with_one_engine(model_dir, table, hf_table, tmp_path):
+    result = predict(table, model_dir, tmp_path / "sub.csv", "--engines", "1", "--tensor-parallel", "1")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "1 engine(s) x tensor-parallel 2 on cores [0|1], float32" in summary(result.stderr)
+    assert re.search(
+        r"1 engine\(s\) x tensor-parallel 1 on cores \[[0-9,-]+\], float32", summary(result.stderr)
+    )
     assert_like_hf(tmp_path / "sub.parquet", hf_table)
 
 
@@ -136,9 +138,9 @@ def descendants(pid: int) -> list:
     return psutil.Process(pid).children(recursive=True)
 
 
-def test_predict_two_engines_killed_then_resumed_on_one_core(model_dir, table, hf_table, tmp_path):
-    """SIGKILL of the predict process itself: its engines (worker processes that watch it, and
-    their vLLM processes) end by themselves, and the same command resumes the missing units."""
+def test_predict_killed_then_resumed_with_two_engines(model_dir, table, hf_table, tmp_path):
+    """SIGKILL of the predict process itself, its engine running inside it: vLLM's processes end
+    with it (the engine's guard), and the command resumes the missing units with two engines."""
     import psutil
 
     if len(os.sched_getaffinity(0)) < 2:
@@ -146,7 +148,7 @@ def test_predict_two_engines_killed_then_resumed_on_one_core(model_dir, table, h
     out, work = tmp_path / "sub.csv", tmp_path / "work"
     job = ("--work-dir", work, "--chunk-rows", CHUNK_ROWS)
     args = ["predict", table, "--model", model_dir, "--out", out, "--probs", out.with_suffix(".parquet"),
-            "--tta", "all", *VLLM, *job]  # fmt: skip
+            "--tta", "all", *VLLM, *job, "--engines", "1"]  # fmt: skip
     process = subprocess.Popen(
         [console_script("wsdm-serve"), "-q", *map(str, args)],
         env={**os.environ, "WSDM_JOBS_FAULT": "hold-after-units=3"},
@@ -160,9 +162,9 @@ def test_predict_two_engines_killed_then_resumed_on_one_core(model_dir, table, h
             assert process.poll() is None, process.stderr.read()[-3000:]
             assert time.time() < deadline, "the job saved no units in time"
             time.sleep(0.05)
-        engines = [p for p in descendants(process.pid) if p.name().startswith("VLLM::EngineCore")]
-        assert len(engines) == 2  # the default on two cores: one engine per core
         left = descendants(process.pid)
+        names = sorted(p.name() for p in left if p.name().startswith("VLLM::"))
+        assert names == ["VLLM::EngineCore", "VLLM::Worker_TP0", "VLLM::Worker_TP1"], names
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -174,9 +176,9 @@ def test_predict_two_engines_killed_then_resumed_on_one_core(model_dir, table, h
     saved = {path.name: path.stat().st_mtime_ns for path in (work / "forward").glob("unit-*")}
     assert len(saved) == 3
 
-    resumed = predict(table, model_dir, out, *job, "--cpus", "0")
+    resumed = predict(table, model_dir, out, *job, "--engines", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "1 engine(s) x tensor-parallel 1 on cores [0], float32" in summary(resumed.stderr)
+    assert "2 engine(s) x tensor-parallel 1 on cores [0] [1], float32" in summary(resumed.stderr)
     units = {path.name: path.stat().st_mtime_ns for path in (work / "forward").glob("unit-*")}
     assert len(units) == -(-ROWS // int(CHUNK_ROWS))
     assert all(units[name] == stamp for name, stamp in saved.items())  # finished units were kept
@@ -186,12 +188,14 @@ def test_predict_two_engines_killed_then_resumed_on_one_core(model_dir, table, h
 
 
 # ------------------------------------------------------------------------------- evaluate
-def test_evaluate_with_the_default_layout(model_dir, tmp_path):
+def test_evaluate_at_tensor_parallel_2(model_dir, tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two cores needed")
     rows = tmp_path / "labelled.parquet"
     pd.read_parquet(PANDALM_TRAIN).head(16).to_parquet(rows)
     saved = tmp_path / "probs.parquet"
     result = run_cli(
-        "wsdm-serve", "evaluate", rows, "--model", model_dir, *VLLM, "--save-probs", saved,
+        "wsdm-serve", "evaluate", rows, "--model", model_dir, *VLLM, "--tensor-parallel", "2", "--save-probs", saved,
         "--out-dir", tmp_path / "eval", "--no-plots",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

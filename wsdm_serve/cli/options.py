@@ -85,7 +85,7 @@ def vllm_options(command):
         type=click.IntRange(min=1),
         default=None,
         help="vllm engine: engines run side by side (data parallel) [default: as many as the GPUs hold; "
-        "on CPUs one per core on nodes of up to 2 cores, else one per NUMA node, as memory allows].",
+        "on CPUs one per NUMA node, as memory allows].",
     )(command)
     command = click.option(
         "--cpus",
@@ -120,9 +120,9 @@ def vllm_options(command):
         "--tensor-parallel",
         type=click.IntRange(min=1),
         default=None,
-        help="vllm engine: GPUs (or, on CPUs, single-core ranks) per engine [default: the fewest GPUs the "
-        "model fits on; on CPUs 1, or each engine's share of the cores when --engines is given]; the other "
-        "GPUs or cores run more engines (data parallel).",
+        help="vllm engine: GPUs (on CPUs: ranks) per engine [default: the fewest GPUs the model fits on, "
+        "the other GPUs run more engines; on CPUs one single-threaded rank per core on NUMA nodes of up "
+        "to 2 cores, else one].",
     )(command)
     command = click.option(
         "--gpus",

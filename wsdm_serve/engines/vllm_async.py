@@ -27,6 +27,7 @@ import numpy as np
 
 from ..models.folder import ModelFolder
 from .asynchronous import AsyncScoringEngine, EngineStopped
+from .orphans import ChildGuard, descendants
 from .settings import EngineSettings
 from .vllm_plan import VLLMPlan, launch_of, plan_engine, vllm_device
 from .vllm_setup import check_prompt_lengths, letter_logprobs, scoring_setup
@@ -56,6 +57,7 @@ class VLLMAsyncEngine(AsyncScoringEngine):
         self.plan: VLLMPlan | None = None
         self.llm = None
         self.sampling = None
+        self._guard: ChildGuard | None = None
 
     async def start(self) -> None:
         # Planning asks a child process about the GPUs, and AsyncLLM's constructor waits for its
@@ -89,6 +91,7 @@ class VLLMAsyncEngine(AsyncScoringEngine):
 
         # vllm.LLM turns its own stats logging off; the one stat logger here reports batch sizes.
         args = AsyncEngineArgs(**{"disable_log_stats": True, **kwargs})
+        before = descendants()
         try:
             self.llm = AsyncLLM.from_engine_args(
                 args, usage_context=UsageContext.LLM_CLASS, stat_loggers=[self._batch_logger()]
@@ -96,6 +99,8 @@ class VLLMAsyncEngine(AsyncScoringEngine):
         except Exception as exc:  # noqa: BLE001 - start-up failures (memory, kernels) become one line
             log.debug("vLLM start-up failed", exc_info=True)
             raise launch.start_failure(exc) from exc
+        # vLLM's engine core does not watch this process: if it is killed, the guard ends them.
+        self._guard = ChildGuard.around(before)
         self.plan, self.sampling = plan, sampling
 
     def _batch_logger(self):
@@ -182,3 +187,5 @@ class VLLMAsyncEngine(AsyncScoringEngine):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await handler
         await asyncio.to_thread(llm.shutdown)
+        if self._guard is not None:
+            self._guard.close()
