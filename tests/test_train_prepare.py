@@ -54,6 +54,9 @@ def overrides(out_dir, data_dir) -> list[str]:
         f"prepare.lmsys_file={PANDALM_LMSYS.name}",
         f"prepare.ut_file={PANDALM_UT.name}",
         "prepare.drop_extra_overlap=false",
+        # Split row by row, as the reference: the fold tests below compare with its scikit-learn split
+        # (tests/test_train_folds.py covers the default, which keeps repeated pairs in one fold).
+        "prepare.group_folds_by=none",
     ]
     for name, (budget, cap) in BUDGETS.items():
         items += [f"prepare.{name}.token_budget={budget}", f"prepare.{name}.response_word_cap={cap}"]

@@ -79,6 +79,9 @@ class PrepareConfig:
     ut_file: str | None = "ut_multi.csv"
     n_folds: int = 5
     fold_seed: int = 2025
+    # Rows of one pair (prompt and both responses, either order), or of one prompt, share a fold;
+    # none: split row by row, as the reference did.
+    group_folds_by: Literal["pair", "prompt", "none"] = "pair"
     query_word_cap: int = 256
     query_token_cap: int = 256
     student_train: Budget = field(default_factory=lambda: Budget(token_budget=2048, response_word_cap=1400))

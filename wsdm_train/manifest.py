@@ -143,6 +143,10 @@ def build_manifest(
         "folds": {
             "n_folds": config.prepare.n_folds,
             "seed": config.prepare.fold_seed,
+            "group_by": config.prepare.group_folds_by,
+            "groups": folds["groups"],
+            "rows_in_shared_groups": folds["rows_in_shared_groups"],
+            "moved_rows": folds["moved_rows"],
             "rows_per_fold": folds["rows_per_fold"],
             "label_b_per_fold": folds["label_b_per_fold"],
         },
@@ -154,7 +158,13 @@ def build_manifest(
 
 def summary_line(manifest: dict[str, Any], out_dir: Path, seconds: float) -> str:
     inputs = manifest["inputs"]
-    parts = [f"{inputs['train']['rows_used']:,} train rows in {manifest['folds']['n_folds']} folds"]
+    folds = manifest["folds"]
+    parts = [f"{inputs['train']['rows_used']:,} train rows in {folds['n_folds']} folds"]
+    if folds["group_by"] != "none":
+        parts.append(
+            f"{folds['groups']:,} {folds['group_by']} groups ({folds['moved_rows']:,} rows moved to their "
+            "group's fold)"
+        )
     for role in ("lmsys", "ut"):
         if inputs[role]["present"]:
             parts.append(f"{inputs[role]['rows_used']:,} {role} rows")

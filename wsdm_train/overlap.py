@@ -1,15 +1,18 @@
-"""Extra training rows that repeat a competition pair, found and dropped before folds are used.
+"""Rows that are the same pair: extra rows repeating a competition pair, and the keys folds group by.
 
-The LMSYS and ut tables are added to every fold's training set. A row of theirs that is the same
-pair as a competition row (same prompt, same two responses, in either order) therefore puts that
-row's answer into the training data of the fold whose dev set holds it: dev accuracy and the best
-checkpoint are then measured on training data. The reference kept such rows; prepare drops them
-by default and counts them (``prepare.drop_extra_overlap: false`` keeps them).
+A pair is the prompt and the two responses, in either order, compared after a light normalisation
+(:func:`pair_key`). The LMSYS and ut tables are added to every fold's training set. A row of theirs
+that is the same pair as a competition row therefore puts that row's answer into the training data
+of the fold whose dev set holds it: dev accuracy and the best checkpoint are then measured on
+training data. The reference kept such rows; prepare drops them by default and counts them
+(``prepare.drop_extra_overlap: false`` keeps them). Competition rows that repeat a pair among
+themselves are kept in one fold instead (:func:`fold_keys`, :mod:`wsdm_train.folds`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 
 from .sources import CompetitionRows, Skip, SourceRows
 
@@ -27,6 +30,27 @@ def pair_key(prompt: str, response_a: str, response_b: str) -> tuple[str, str, s
     """The pair as an order-free key: a swapped copy is the same pair."""
     first, second = sorted((_canonical(response_a), _canonical(response_b)))
     return _canonical(prompt), first, second
+
+
+def prompt_key(prompt: str) -> str:
+    """The prompt alone, normalised as in :func:`pair_key`: the strictest grouping of folds."""
+    return _canonical(prompt)
+
+
+def fold_keys(train: CompetitionRows, group_by: str) -> list[Hashable | None] | None:
+    """The key each competition row is grouped by in the folds (``prepare.group_folds_by``).
+
+    One key per row of the file, in file order: a skipped row has no text and gets ``None`` (a group
+    of its own); ``none`` gives no keys (rows are split one by one, as the reference did).
+    """
+    if group_by == "none":
+        return None
+    keys: list[Hashable | None] = [None] * len(train.all_ids)
+    for position, prompt, a, b in zip(
+        train.positions, train.prompts, train.responses_a, train.responses_b, strict=True
+    ):
+        keys[position] = pair_key(prompt, a, b) if group_by == "pair" else prompt_key(prompt)
+    return keys
 
 
 def competition_pairs(train: CompetitionRows) -> set[tuple[str, str, str]]:

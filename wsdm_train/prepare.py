@@ -46,7 +46,7 @@ from .manifest import (
     summary_line,
     tokenizer_files,
 )
-from .overlap import competition_pairs, drop_overlap
+from .overlap import competition_pairs, drop_overlap, fold_keys
 from .sources import CompetitionRows, Skip, SourceRows, read_competition, read_lmsys, read_ut
 from .staging import Staging
 
@@ -289,7 +289,11 @@ def _write_folds(stage: Path, train: CompetitionRows, config: Config) -> dict:
 
     from .folds import assign_folds
 
-    folds = assign_folds(train.all_labels, config.prepare.n_folds, config.prepare.fold_seed)
+    prep = config.prepare
+    split = assign_folds(
+        train.all_labels, prep.n_folds, prep.fold_seed, fold_keys(train, prep.group_folds_by)
+    )
+    folds = split.folds
     table = pa.table(
         {
             "id": pa.array(train.all_ids, pa.string()),
@@ -305,6 +309,9 @@ def _write_folds(stage: Path, train: CompetitionRows, config: Config) -> dict:
         "folds": folds.tolist(),
         "rows_per_fold": np.bincount(folds, minlength=n).tolist(),
         "label_b_per_fold": np.bincount(folds, weights=train.all_labels, minlength=n).astype(int).tolist(),
+        "groups": split.groups,
+        "rows_in_shared_groups": split.rows_in_shared_groups,
+        "moved_rows": split.moved_rows,
         "skipped": [],
     }
 
