@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ASSETS, PANDALM_LMSYS, PANDALM_TRAIN, TINY_TRAIN, TOKENIZER_DIR, run_cli
+from conftest import ASSETS, TINY_TRAIN, TOKENIZER_DIR, run_cli
 
 from wsdm_train.folds import assign_folds, stratified_folds
 
@@ -54,19 +54,21 @@ def raw_pair_groups(table: Path) -> list[list[int]]:
 
 
 def write_preset_data(preset: str, data: Path) -> None:
-    """The PandaLM pairs under the file names `preset` reads (its lmsys copy repeats every pair)."""
+    """The tiny preset's PandaLM tables (which share no pair) under the file names `preset` reads."""
     data.mkdir(parents=True)
-    if preset == "tiny":
-        for name in ("pandalm_tiny_train.parquet", "pandalm_tiny_lmsys.csv", "pandalm_tiny_ut.csv"):
-            shutil.copy(ASSETS / name, data / name)
-        return
-    shutil.copy(PANDALM_TRAIN, data / "train.parquet")
+    names = {
+        "tiny": ("pandalm_tiny_train.parquet", "pandalm_tiny_lmsys.csv", "pandalm_tiny_ut.csv"),
+        "small": ("train.parquet", None, "ut.parquet"),
+        "reference": ("train.parquet", "notie_lmsys.csv", "ut_multi.csv"),
+    }[preset]
+    shutil.copy(TINY_TRAIN, data / names[0])
+    if names[1]:
+        shutil.copy(ASSETS / "pandalm_tiny_lmsys.csv", data / names[1])
     ut = pd.read_csv(ASSETS / "pandalm_tiny_ut.csv")
-    if preset == "small":
-        ut.to_parquet(data / "ut.parquet", index=False)
+    if names[2].endswith(".parquet"):
+        ut.to_parquet(data / names[2], index=False)
     else:
-        ut.to_csv(data / "ut_multi.csv", index=False)
-        shutil.copy(PANDALM_LMSYS, data / "notie_lmsys.csv")
+        ut.to_csv(data / names[2], index=False)
 
 
 @pytest.fixture(scope="module", params=["tiny", "small", "reference"])
@@ -89,14 +91,14 @@ def test_no_preset_scores_a_fold_on_its_training_rows(prepared):
     preset, processed, summary = prepared
     records = fold_leaks(processed)
     assert len(records) == {"tiny": 3 * 2, "small": 2, "reference": 5}[preset]
-    assert all(record["dev"] > 100 for record in records)
+    assert all(record["dev"] > 90 for record in records)
     assert [r for r in records if r["leaked"]] == []
     assert " pair groups (" in summary
 
 
 def test_repeated_pairs_share_a_fold_and_every_other_row_keeps_the_reference_split(prepared):
     preset, processed, _ = prepared
-    table = TINY_TRAIN if preset == "tiny" else PANDALM_TRAIN
+    table = TINY_TRAIN
     n_folds = {"tiny": 2, "small": 2, "reference": 5}[preset]
     folds = pd.read_parquet(processed / "folds.parquet")["fold"].to_numpy()
     labels = (pd.read_parquet(table)["winner"] != "model_a").to_numpy().astype(np.int8)
