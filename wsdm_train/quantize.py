@@ -294,7 +294,6 @@ def quantize_model(
     a quantization of the same model and data with the same settings, nothing is redone.
     """
     config = config or QuantizeConfig()
-    config.validate()
     model_dir, out, calibration = Path(model), Path(out), Path(calibration)
     if out.resolve() in (model_dir.resolve(), calibration.resolve().parent):
         raise WsdmError(f"{out}: is an input of the quantization; write the output elsewhere")
