@@ -204,3 +204,46 @@ def deepspeed_config(path: Path, settings: StageSettings, plan: Plan, bf16: bool
         config["fp16"]["enabled"] = False
     config["zero_allow_untested_optimizer"] = True
     return config
+
+
+def make_optimizer(head: LetterHead, settings: StageSettings, device: str):
+    params = [p for p in head.parameters() if p.requires_grad]
+    if not params:
+        raise WsdmError("the model has no trainable parameters")
+    kwargs = {
+        "lr": settings.learning_rate,
+        "betas": tuple(settings.betas),
+        "weight_decay": settings.weight_decay,
+    }
+    if device.startswith("cuda"):
+        kwargs["fused"] = True
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def make_scheduler(optimizer, settings: StageSettings, plan: Plan):
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        settings.scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=plan.warmup_steps,
+        num_training_steps=plan.total_steps,
+    )
+
+
+def make_backend(
+    head: LetterHead,
+    settings: StageSettings,
+    plan: Plan,
+    ctx: DistContext,
+    deepspeed: Path | None,
+    bf16: bool,
+) -> Backend:
+    """AdamW with the stage's schedule, in a plain engine or in DeepSpeed's (``deepspeed``: its config)."""
+    optimizer = make_optimizer(head, settings, ctx.device)
+    scheduler = make_scheduler(optimizer, settings, plan)
+    if deepspeed is None:
+        return PlainBackend(head, optimizer, scheduler, settings, plan, ctx)
+    return DeepSpeedBackend(
+        head, optimizer, scheduler, settings, plan, ctx, deepspeed_config(deepspeed, settings, plan, bf16)
+    )

@@ -168,34 +168,15 @@ def merge_folds(
     base, out = Path(base), Path(out)
     adapter_out = Path(adapter_out) if adapter_out else out.with_name(out.name + "_adapter")
     tokenizer_dir = Path(tokenizer) if tokenizer else base
-    if config.mode not in MERGE_MODES:
-        raise WsdmError(f"unknown merge mode {config.mode!r}; choose one of {', '.join(MERGE_MODES)}")
-    _resolve_dtype(config.dtype)
-    if not adapters:
-        raise WsdmError("no fold adapters given")
-    if out.resolve() == adapter_out.resolve():
-        raise WsdmError(f"{out}: the merged model and the combined adapter need different folders")
-    inputs = {Path(p).resolve() for p in [base, tokenizer_dir, *adapters]}
-    for target in (out, adapter_out):
-        if target.resolve() in inputs:
-            raise WsdmError(f"{target}: is an input of the merge; write the output elsewhere")
-    for path in adapters:
-        check_adapter_folder(path)
-
+    _check_inputs(config, base, adapters, out, adapter_out, tokenizer_dir)
     info = {
         "mode": config.mode,
         "base": str(base),
         "dtype": config.dtype,
         "adapters": [{"path": str(p), "sha256": _sha256(Path(p) / ADAPTER_WEIGHTS)} for p in adapters],
     }
-    previous = out / MERGE_INFO
-    if previous.exists():
-        try:
-            same = {k: v for k, v in json.loads(previous.read_text()).items() if k in info} == info
-        except json.JSONDecodeError:
-            same = False
-        if same and not force:
-            return MergeResult(out, adapter_out, config.mode, len(adapters), 0.0, skipped=True, info=info)
+    if _same_merge(out, info) and not force:
+        return MergeResult(out, adapter_out, config.mode, len(adapters), 0.0, skipped=True, info=info)
     if out.exists() and not force:
         raise WsdmError(
             f"{out}: already exists and is not a merge of these adapters; pass --force to replace it"
@@ -218,6 +199,41 @@ def merge_folds(
     info["lora_alpha"] = adapter_config.get("lora_alpha")
     save_model_folder(model, tok, out, config.max_shard_size, {MERGE_INFO: info})
     return MergeResult(out, adapter_out, config.mode, len(adapters), time.time() - started, info=info)
+
+
+def _check_inputs(
+    config: MergeConfig,
+    base: Path,
+    adapters: Sequence[str | Path],
+    out: Path,
+    adapter_out: Path,
+    tokenizer_dir: Path,
+) -> None:
+    """Settings, adapter folders, and outputs that would overwrite an input: one line each, before loading."""
+    if config.mode not in MERGE_MODES:
+        raise WsdmError(f"unknown merge mode {config.mode!r}; choose one of {', '.join(MERGE_MODES)}")
+    _resolve_dtype(config.dtype)
+    if not adapters:
+        raise WsdmError("no fold adapters given")
+    if out.resolve() == adapter_out.resolve():
+        raise WsdmError(f"{out}: the merged model and the combined adapter need different folders")
+    inputs = {Path(p).resolve() for p in [base, tokenizer_dir, *adapters]}
+    for target in (out, adapter_out):
+        if target.resolve() in inputs:
+            raise WsdmError(f"{target}: is an input of the merge; write the output elsewhere")
+    for path in adapters:
+        check_adapter_folder(path)
+
+
+def _same_merge(out: Path, info: dict) -> bool:
+    """``out`` holds a merge of the same adapters (by content), base, mode and dtype."""
+    previous = out / MERGE_INFO
+    if not previous.exists():
+        return False
+    try:
+        return {k: v for k, v in json.loads(previous.read_text()).items() if k in info} == info
+    except json.JSONDecodeError:
+        return False
 
 
 __all__ = [

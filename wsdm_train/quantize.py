@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from wsdm_serve.outputs import atomic_directory
 from wsdm_serve.quantization import verify_quantized_checkpoint
 
 from .config import Config, QuantizeConfig
+from .gptq_export import export_gptq_v1
 
 log = logging.getLogger(__name__)
 
@@ -179,84 +179,6 @@ def _load_model(model_dir: Path, dtype: str, trust_remote_code: bool):
         raise WsdmError(f"{model_dir}: cannot load the model ({reason})") from exc
 
 
-# --------------------------------------------------------------------------- GPTQ v1 export
-
-
-def _gptq_module(tensors: dict, module: str, bits: int, group_size: int) -> dict:
-    """One compressed-tensors pack-quantized layer as GPTQ v1 tensors (same integers, same scales).
-
-    compressed-tensors packs the offset values q + 2^(bits-1) along the input dimension of an
-    [out, in] matrix; GPTQ packs the same unsigned values along the input dimension of [in, out]
-    and stores the zero point minus one (v1), i.e. 2^(bits-1) - 1 for a symmetric scheme.
-    """
-    import torch
-    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
-
-    from wsdm_serve.quantization import gptq_v1_zero
-
-    out_features, in_features = (int(v) for v in tensors[f"{module}.weight_shape"])
-    values = unpack_from_int32(
-        tensors[f"{module}.weight_packed"], bits, torch.Size([out_features, in_features])
-    )  # signed int8 [out, in]
-    qweight = pack_to_int32(values.t().contiguous(), bits, packed_dim=0).contiguous()  # [in*bits/32, out]
-    groups = in_features // group_size
-    zero = torch.full((groups, out_features), gptq_v1_zero(bits) - (1 << (bits - 1)), dtype=torch.int8)
-    qzeros = pack_to_int32(zero, bits, packed_dim=1).contiguous()  # [groups, out * bits / 32]
-    return {
-        f"{module}.qweight": qweight,
-        f"{module}.qzeros": qzeros,
-        f"{module}.scales": tensors[f"{module}.weight_scale"].t().to(torch.float16).contiguous(),
-        f"{module}.g_idx": torch.arange(in_features, dtype=torch.int32) // group_size,
-    }
-
-
-def export_gptq_v1(source: Path, dest: Path, config: QuantizeConfig) -> None:
-    """Rewrite a pack-quantized folder ``source`` as a GPTQ v1 folder ``dest`` (an empty folder)."""
-    from safetensors.torch import load_file, save_file
-
-    if config.group_size == -1 or not config.symmetric:
-        raise WsdmError("--format gptq is written for symmetric group-wise schemes only")
-    weight_map: dict[str, str] = {}
-    files = sorted(source.glob("*.safetensors"))
-    for path in files:
-        tensors = load_file(str(path))
-        modules = sorted(
-            name[: -len(".weight_packed")] for name in tensors if name.endswith(".weight_packed")
-        )
-        converted = {
-            name: tensor
-            for name, tensor in tensors.items()
-            if not any(name.startswith(module + ".weight_") for module in modules)
-        }
-        for module in modules:
-            converted.update(_gptq_module(tensors, module, config.bits, config.group_size))
-        save_file(converted, str(dest / path.name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(converted, path.name))
-    if len(files) > 1:
-        index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
-        (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    for path in source.iterdir():
-        if (
-            path.is_file()
-            and not path.name.endswith(".safetensors")
-            and path.name != "model.safetensors.index.json"
-        ):
-            shutil.copy2(path, dest / path.name)
-    model_config = read_model_config(dest)
-    model_config["quantization_config"] = {
-        "quant_method": "gptq",
-        "checkpoint_format": "gptq",
-        "bits": config.bits,
-        "group_size": config.group_size,
-        "sym": True,
-        "desc_act": False,
-        "damp_percent": config.dampening,
-        "true_sequential": True,
-        "static_groups": False,
-    }
-    (dest / "config.json").write_text(json.dumps(model_config, indent=2, sort_keys=True) + "\n")
-
-
 # --------------------------------------------------------------------------- the stage
 
 
@@ -295,62 +217,27 @@ def quantize_model(
     """
     config = config or QuantizeConfig()
     model_dir, out, calibration = Path(model), Path(out), Path(calibration)
-    if out.resolve() in (model_dir.resolve(), calibration.resolve().parent):
-        raise WsdmError(f"{out}: is an input of the quantization; write the output elsewhere")
-    if not (model_dir / "config.json").exists():
-        raise WsdmError(f"{model_dir}: model folder not found or has no config.json (run `wsdm-train merge`)")
-    if read_model_config(model_dir).get("quantization_config"):
-        raise WsdmError(
-            f"{model_dir}: the model is already quantized; quantize the merged full-precision model"
-        )
-    if not calibration.exists():
-        raise WsdmError(f"{calibration}: calibration file not found (run `wsdm-train prepare` first)")
+    _check_inputs(model_dir, out, calibration)
     info = {"source": _fingerprint(model_dir, calibration), "settings": config.settings()}
-    previous = out / QUANTIZE_INFO
-    if previous.exists() and not force:
-        try:
-            old = json.loads(previous.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if {k: old.get(k) for k in info} == info:
-            return QuantizeResult(out, config.format, "", old.get("calibration_rows", 0), 0, skipped=True)
-    if out.exists() and not force:
-        raise WsdmError(f"{out}: already exists and holds another quantization; pass --force to replace it")
+    previous = _previous(out, info, force)
+    if previous is not None:
+        return QuantizeResult(out, config.format, "", previous.get("calibration_rows", 0), 0, skipped=True)
 
     seconds: dict[str, float] = {}
     started = time.time()
     texts, positions = calibration_prompts(calibration, config.calibration_samples, config.calibration_seed)
     _import_llmcompressor_quietly()
-    from llmcompressor import oneshot
-
     from wsdm_serve.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     dataset, n_tokens = calibration_dataset(tokenizer, texts, config.max_calibration_tokens)
-    recipe = gptq_recipe(config)
     seconds["calibration data"] = time.time() - started
 
     started = time.time()
     loaded = _load_model(model_dir, config.dtype, trust_remote_code)
     seconds["load"] = time.time() - started
-
     started = time.time()
-    try:
-        oneshot(
-            model=loaded,
-            processor=tokenizer,
-            dataset=dataset,
-            recipe=[recipe],
-            num_calibration_samples=len(dataset),
-            shuffle_calibration_samples=False,
-            max_seq_length=None,
-            pipeline="sequential",
-        )
-    except WsdmError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a failed calibration is one line, details in the log
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WsdmError(f"{model_dir}: GPTQ calibration failed ({type(exc).__name__}: {reason})") from exc
+    _calibrate(loaded, tokenizer, dataset, config, model_dir)
     seconds["gptq"] = time.time() - started
 
     started = time.time()
@@ -363,6 +250,64 @@ def quantize_model(
             "compressed-tensors": _version("compressed-tensors"),
         },
     )
+    found = _save(loaded, tokenizer, out, config, info, seconds, started)
+    return QuantizeResult(out, config.format, found, len(texts), n_tokens, seconds)
+
+
+def _check_inputs(model_dir: Path, out: Path, calibration: Path) -> None:
+    if out.resolve() in (model_dir.resolve(), calibration.resolve().parent):
+        raise WsdmError(f"{out}: is an input of the quantization; write the output elsewhere")
+    if not (model_dir / "config.json").exists():
+        raise WsdmError(f"{model_dir}: model folder not found or has no config.json (run `wsdm-train merge`)")
+    if read_model_config(model_dir).get("quantization_config"):
+        raise WsdmError(
+            f"{model_dir}: the model is already quantized; quantize the merged full-precision model"
+        )
+    if not calibration.exists():
+        raise WsdmError(f"{calibration}: calibration file not found (run `wsdm-train prepare` first)")
+
+
+def _previous(out: Path, info: dict, force: bool) -> dict | None:
+    """The record of ``out`` when it is already this quantization; an other one needs ``force``."""
+    previous = out / QUANTIZE_INFO
+    if previous.exists() and not force:
+        try:
+            old = json.loads(previous.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if {k: old.get(k) for k in info} == info:
+            return old
+    if out.exists() and not force:
+        raise WsdmError(f"{out}: already exists and holds another quantization; pass --force to replace it")
+    return None
+
+
+def _calibrate(loaded, tokenizer, dataset, config: QuantizeConfig, model_dir: Path) -> None:
+    """llm-compressor's one-shot GPTQ over the calibration prompts, in order, layer by layer."""
+    from llmcompressor import oneshot
+
+    try:
+        oneshot(
+            model=loaded,
+            processor=tokenizer,
+            dataset=dataset,
+            recipe=[gptq_recipe(config)],
+            num_calibration_samples=len(dataset),
+            shuffle_calibration_samples=False,
+            max_seq_length=None,
+            pipeline="sequential",
+        )
+    except WsdmError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed calibration is one line, details in the log
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WsdmError(f"{model_dir}: GPTQ calibration failed ({type(exc).__name__}: {reason})") from exc
+
+
+def _save(
+    loaded, tokenizer, out: Path, config: QuantizeConfig, info: dict, seconds: dict, started: float
+) -> str:
+    """Write the checkpoint in its format, verify it on disk, then move it into place; its description."""
     with atomic_directory(out) as tmp:
         if config.format == "compressed-tensors":
             loaded.save_pretrained(tmp, save_compressed=True, max_shard_size=config.max_shard_size)
@@ -378,7 +323,7 @@ def quantize_model(
         seconds["save"] = time.time() - started
         info["seconds"] = seconds
         (tmp / QUANTIZE_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return QuantizeResult(out, config.format, found.describe(), len(texts), n_tokens, seconds)
+    return found.describe()
 
 
 def quantize_from_config(config: Config, *, force: bool = False) -> QuantizeResult:

@@ -63,74 +63,81 @@ def _report(results) -> None:
         )
 
 
+@click.command()
+@stage_options
+@click.option(
+    "--target",
+    default="all",
+    show_default=True,
+    help="student, a teacher name, a comma list, teachers, or all.",
+)
+@user_errors
+def pretrain(config_name, overrides, deepspeed, device, resume, quiet, force, target):
+    """Post-pretrain the student and/or the teachers on the extra preference rows."""
+    quiet = quiet_requested(quiet)
+    setup_logging(quiet)
+    from .stages import pretrain as run
+
+    config = load(config_name, overrides)
+    if target == "all":
+        targets = ["student", *[t.name for t in config.teachers]]
+    elif target == "teachers":
+        targets = _teacher_names(config, "all")
+    else:
+        targets = [part for part in target.split(",") if part]
+        for name in targets:
+            if name != "student":
+                config.teacher(name)
+    _report(run(config, targets, _options(deepspeed, device, resume, force, quiet)))
+
+
+@click.command()
+@stage_options
+@click.option("--teacher", default="all", show_default=True, help="Teacher name, comma list, or all.")
+@click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
+@user_errors
+def finetune(config_name, overrides, deepspeed, device, resume, quiet, force, teacher, fold):
+    """Fine-tune each teacher per fold (starts from its post-pretrained adapter)."""
+    quiet = quiet_requested(quiet)
+    setup_logging(quiet)
+    from .stages import finetune as run
+
+    config = load(config_name, overrides)
+    options = _options(deepspeed, device, resume, force, quiet)
+    _report(run(config, _teacher_names(config, teacher), fold, options))
+
+
+@click.command("teacher-predict")
+@scoring_options
+@click.option("--teacher", default="all", show_default=True, help="Teacher name, comma list, or all.")
+@click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
+@user_errors
+def teacher_predict(config_name, overrides, device, quiet, force, teacher, fold):
+    """Write each fold teacher's A/B logits for the rows the student trains on (Parquet)."""
+    quiet = quiet_requested(quiet)
+    setup_logging(quiet)
+    from .stages import teacher_predict as run
+
+    config = load(config_name, overrides)
+    options = _options("none", device, True, force, quiet)
+    for path in run(config, _teacher_names(config, teacher), fold, options):
+        click.echo(str(path))
+
+
+@click.command()
+@stage_options
+@click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
+@user_errors
+def distill(config_name, overrides, deepspeed, device, resume, quiet, force, fold):
+    """Distil the student per fold from the teachers' logits."""
+    quiet = quiet_requested(quiet)
+    setup_logging(quiet)
+    from .stages import distill as run
+
+    config = load(config_name, overrides)
+    _report(run(config, fold, _options(deepspeed, device, resume, force, quiet)))
+
+
 def add_stage_commands(main: click.Group) -> None:
-    @main.command()
-    @stage_options
-    @click.option(
-        "--target",
-        default="all",
-        show_default=True,
-        help="student, a teacher name, a comma list, teachers, or all.",
-    )
-    @user_errors
-    def pretrain(config_name, overrides, deepspeed, device, resume, quiet, force, target):
-        """Post-pretrain the student and/or the teachers on the extra preference rows."""
-        quiet = quiet_requested(quiet)
-        setup_logging(quiet)
-        from .stages import pretrain as run
-
-        config = load(config_name, overrides)
-        if target == "all":
-            targets = ["student", *[t.name for t in config.teachers]]
-        elif target == "teachers":
-            targets = _teacher_names(config, "all")
-        else:
-            targets = [part for part in target.split(",") if part]
-            for name in targets:
-                if name != "student":
-                    config.teacher(name)
-        _report(run(config, targets, _options(deepspeed, device, resume, force, quiet)))
-
-    @main.command()
-    @stage_options
-    @click.option("--teacher", default="all", show_default=True, help="Teacher name, comma list, or all.")
-    @click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
-    @user_errors
-    def finetune(config_name, overrides, deepspeed, device, resume, quiet, force, teacher, fold):
-        """Fine-tune each teacher per fold (starts from its post-pretrained adapter)."""
-        quiet = quiet_requested(quiet)
-        setup_logging(quiet)
-        from .stages import finetune as run
-
-        config = load(config_name, overrides)
-        options = _options(deepspeed, device, resume, force, quiet)
-        _report(run(config, _teacher_names(config, teacher), fold, options))
-
-    @main.command("teacher-predict")
-    @scoring_options
-    @click.option("--teacher", default="all", show_default=True, help="Teacher name, comma list, or all.")
-    @click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
-    @user_errors
-    def teacher_predict(config_name, overrides, device, quiet, force, teacher, fold):
-        """Write each fold teacher's A/B logits for the rows the student trains on (Parquet)."""
-        quiet = quiet_requested(quiet)
-        setup_logging(quiet)
-        from .stages import teacher_predict as run
-
-        config = load(config_name, overrides)
-        options = _options("none", device, True, force, quiet)
-        for path in run(config, _teacher_names(config, teacher), fold, options):
-            click.echo(str(path))
-
-    @main.command()
-    @stage_options
-    @click.option("--fold", default="all", show_default=True, help="Fold number, comma list, or all.")
-    @user_errors
-    def distill(config_name, overrides, deepspeed, device, resume, quiet, force, fold):
-        """Distil the student per fold from the teachers' logits."""
-        quiet = quiet_requested(quiet)
-        setup_logging(quiet)
-        from .stages import distill as run
-
-        config = load(config_name, overrides)
-        _report(run(config, fold, _options(deepspeed, device, resume, force, quiet)))
+    for command in (pretrain, finetune, teacher_predict, distill):
+        main.add_command(command)

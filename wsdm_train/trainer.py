@@ -16,10 +16,9 @@ warmup are counted in optimizer steps, so they mean the same on any number of GP
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,27 +28,43 @@ from tqdm.auto import tqdm
 
 from wsdm_serve.errors import WsdmError
 
-from .backends import Backend, DeepSpeedBackend, PlainBackend, deepspeed_config, resolve_deepspeed_config
+from .backends import (
+    Backend,
+    DeepSpeedBackend,
+    PlainBackend,
+    deepspeed_config,
+    make_backend,
+    resolve_deepspeed_config,
+)
 from .batches import Examples, Plan, collate, dev_metrics, epoch_micro_batches, score
+from .checkpoints import (
+    CHECKPOINT_INFO,
+    STATE_FILE,
+    LossWindow,
+    MetricsLog,
+    find_last,
+    read_state,
+    save_adapter,
+    swap_dir,
+)
 from .config import StageSettings
 from .distributed import DistContext, capture_rng, init_distributed, restore_rng, seed_everything
 from .guards import NonFiniteError, check_logits, is_finite, name_rows
-from .modeling import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LetterHead, LossParts
-
-STATE_FILE = "trainer_state.json"
-CHECKPOINT_INFO = "wsdm_checkpoint.json"
+from .modeling import LetterHead, LossParts
 
 __all__ = [
-    "Backend",
     "CHECKPOINT_INFO",
+    "STATE_FILE",
+    "Backend",
     "DeepSpeedBackend",
     "DistContext",
     "Examples",
     "Plan",
     "PlainBackend",
-    "STATE_FILE",
     "StageResult",
     "StageRun",
+    "Trainer",
+    "TrainState",
     "collate",
     "deepspeed_config",
     "dev_metrics",
@@ -62,63 +77,6 @@ __all__ = [
     "score",
     "seed_everything",
 ]
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------
-
-
-def save_adapter(peft_model, state: dict[str, torch.Tensor], directory: Path, info: dict) -> None:
-    """PEFT ``save_pretrained`` (adapter_model.safetensors + adapter_config.json), swapped in whole."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
-    for required in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-        if not (tmp / required).exists():
-            raise WsdmError(f"{tmp}: PEFT did not write {required}")
-    (tmp / CHECKPOINT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    _swap_dir(tmp, directory)
-
-
-def _swap_dir(new: Path, target: Path) -> None:
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_last(out_dir: Path) -> Path | None:
-    """The resumable state; a crash between the two renames of a swap leaves it as ``last.old``."""
-    for name in ("last", "last.old"):
-        candidate = out_dir / name
-        if (candidate / STATE_FILE).exists():
-            return candidate
-    return None
-
-
-class MetricsLog:
-    """JSON lines, one event per line, appended (a resumed run continues the same file)."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path = path
-        self.enabled = enabled
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, event: str, **fields) -> None:
-        if not self.enabled:
-            return
-        record = {"event": event, "time": round(time.time(), 3), **fields}
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-
-# --------------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------------
 
 LossFn = Callable[[LetterHead | Backend, dict], LossParts]
 
@@ -152,110 +110,142 @@ class StageResult:
     resumed_from: int | None
 
 
-def _make_optimizer(head: LetterHead, settings: StageSettings, device: str):
-    params = [p for p in head.parameters() if p.requires_grad]
-    if not params:
-        raise WsdmError("the model has no trainable parameters")
-    kwargs = {
-        "lr": settings.learning_rate,
-        "betas": tuple(settings.betas),
-        "weight_decay": settings.weight_decay,
-    }
-    if device.startswith("cuda"):
-        kwargs["fused"] = True
-    return torch.optim.AdamW(params, **kwargs)
+@dataclass
+class TrainState:
+    """Where a run is: saved in ``last/`` at every checkpoint and restored on resume."""
+
+    epoch: int = 0
+    micro: int = 0  # micro-batches of the current epoch already taken
+    step: int = 0  # optimizer steps taken
+    best_acc: float = -1.0
+    best_step: int = -1
+    last_eval_step: int = -1
 
 
-def _make_scheduler(optimizer, settings: StageSettings, plan: Plan):
-    from transformers import get_scheduler
+class Trainer:
+    """One training run of any stage: set-up, the loop, evaluation on the cadence, save and resume.
 
-    return get_scheduler(
-        settings.scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=plan.warmup_steps,
-        num_training_steps=plan.total_steps,
-    )
+    Train, evaluate on the cadence, keep the best adapter, checkpoint for resume, log metrics. The
+    stages differ only in their data, starting adapter and loss (:class:`StageRun`); everything
+    else is here, so post-pretraining, fine-tuning and distillation step, evaluate, save and resume
+    the same way.
+    """
 
+    def __init__(self, run: StageRun) -> None:
+        self.run, self.ctx, self.settings, self.out_dir = run, run.ctx, run.settings, run.out_dir
+        if self.ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ctx.barrier()
+        self.plan = Plan.build(self.settings, run.train.n_items, run.train.group, self.ctx.world_size)
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", self.ctx.is_main)
+        self.backend = make_backend(run.head, self.settings, self.plan, self.ctx, run.deepspeed, run.bf16)
+        self.state = TrainState()
+        self.resumed_from: int | None = None
+        self.window = LossWindow()
+        self.step_rows: list[str] = []  # rows of the micro-batches accumulated into the coming step
+        self.bar = None
 
-def run_stage(run: StageRun) -> StageResult:
-    """Train, evaluate on the cadence, keep the best adapter, checkpoint for resume, log metrics."""
-    ctx, settings = run.ctx, run.settings
-    out_dir = run.out_dir
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    ctx.barrier()
-    plan = Plan.build(settings, run.train.n_items, run.train.group, ctx.world_size)
-    log = MetricsLog(out_dir / "metrics.jsonl", ctx.is_main)
+    # -- the run
 
-    optimizer = _make_optimizer(run.head, settings, ctx.device)
-    scheduler = _make_scheduler(optimizer, settings, plan)
-    if run.deepspeed is not None:
-        config = deepspeed_config(run.deepspeed, settings, plan, run.bf16)
-        backend: Backend = DeepSpeedBackend(run.head, optimizer, scheduler, settings, plan, ctx, config)
-    else:
-        backend = PlainBackend(run.head, optimizer, scheduler, settings, plan, ctx)
-
-    state = {"epoch": 0, "micro": 0, "step": 0, "best_acc": -1.0, "best_step": -1, "last_eval_step": -1}
-    resumed_from = None
-    last = find_last(out_dir) if run.resume else None
-    if last is not None:
-        saved = json.loads((last / STATE_FILE).read_text())
-        if saved.get("plan") != plan.__dict__:
-            raise WsdmError(
-                f"{last}: checkpoint was made with another plan ({saved.get('plan')}); resume with the same "
-                "settings and process count, or pass --no-resume to start over"
+    def fit(self) -> StageResult:
+        self._resume_or_start()
+        if self.ctx.is_main and self.run.progress:
+            self.bar = tqdm(
+                total=self.plan.total_steps,
+                initial=self.state.step,
+                desc=self.run.name,
+                unit="step",
+                dynamic_ncols=True,
             )
-        backend.load_state(last)
-        rng_file = last / f"rng_{ctx.rank}.pt"
-        if rng_file.exists():
-            restore_rng(torch.load(rng_file, weights_only=False))
-        state.update(saved["state"])
-        resumed_from = state["step"]
-        log.write("resume", stage=run.name, step=state["step"], epoch=state["epoch"])
-    elif ctx.is_main and (out_dir / "metrics.jsonl").exists() and not run.resume:
-        (out_dir / "metrics.jsonl").unlink()
-    if resumed_from is None:
-        log.write(
-            "start",
-            stage=run.name,
-            plan=plan.__dict__,
-            settings=_jsonable(settings.__dict__),
-            **run.extra_info,
+        self.backend.train()
+        done = self.state.step >= self.plan.total_steps
+        while not done and self.state.epoch < self.settings.epochs:
+            done = self._epoch()
+        if self.bar is not None:
+            self.bar.close()
+        self._save_final()
+        state = self.state
+        self.log.write(
+            "end", stage=self.run.name, steps=state.step, best_acc=state.best_acc, best_step=state.best_step
         )
+        return StageResult(self.out_dir, state.best_acc, state.best_step, state.step, self.resumed_from)
 
-    def save_last() -> None:
-        tmp = out_dir / "last.tmp"
-        if ctx.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        ctx.barrier()
-        backend.save_state(tmp)
-        torch.save(capture_rng(), tmp / f"rng_{ctx.rank}.pt")
-        ctx.barrier()
-        if ctx.is_main:
-            (tmp / STATE_FILE).write_text(
-                json.dumps({"state": state, "plan": plan.__dict__}, indent=2) + "\n"
-            )
-            _swap_dir(tmp, out_dir / "last")
-        ctx.barrier()
-        log.write("checkpoint", stage=run.name, step=state["step"], epoch=state["epoch"])
+    def _epoch(self) -> bool:
+        """The rest of the current epoch; returns whether the run has taken all its steps."""
+        state, plan, run = self.state, self.plan, self.run
+        epoch = state.epoch
+        batches = epoch_micro_batches(
+            plan, run.train.n_items, run.train.group, self.settings.seed, epoch, self.ctx.rank
+        )
+        if state.micro == 0 and self.settings.eval.at_epoch_start and state.last_eval_step != state.step:
+            self.evaluate("epoch_start")
+        for micro in range(state.micro, len(batches)):
+            boundary = (micro + 1) % plan.grad_accum == 0 or micro == len(batches) - 1
+            self._micro_step(batches[micro], boundary)
+            if not boundary:
+                continue
+            grad_norm = self.backend.step(self._check_norm)
+            self.step_rows = []
+            state.step += 1
+            state.micro = micro + 1
+            if state.micro >= len(batches):
+                state.epoch += 1
+                state.micro = 0
+            if self.bar is not None:
+                self.bar.update(1)
+            self._log_train(epoch, grad_norm)
+            epoch_end, done = state.micro == 0, state.step >= plan.total_steps
+            self._evaluate_and_checkpoint(epoch_end, done)
+            if done or epoch_end:
+                break
+        return state.step >= plan.total_steps
 
-    def adapter_info(kind: str, metrics: dict | None) -> dict:
-        return {
-            "stage": run.name,
-            "kind": kind,
-            "step": state["step"],
-            "epoch": state["epoch"],
-            "dev": metrics,
-            **run.extra_info,
-        }
+    def _micro_step(self, indices: list[int], boundary: bool) -> None:
+        """Forward and backward of one micro-batch; a non-finite loss stops the run before its backward."""
+        run, ctx = self.run, self.ctx
+        batch = collate(run.train, indices, run.pad_id, ctx.device)
+        rows = [run.train.keys[i] for i in indices]
+        parts = run.loss_fn(self.backend, batch)
+        loss_value = float(parts.total.detach())
+        if ctx.max_int(0 if is_finite(loss_value) else 1):
+            self._stop(f"the loss is {loss_value}", rows, int(batch["input_ids"].shape[1]))
+        self.backend.backward(parts.total, boundary)
+        self.step_rows.extend(rows)
+        self.window.add(parts, loss_value, batch["n_tokens"])
 
-    def evaluate(reason: str) -> None:
+    def _log_train(self, epoch: int, grad_norm: float | None) -> None:
+        step = self.state.step
+        if step % max(self.settings.log_every, 1) and step != self.plan.total_steps:
+            return
+        record = self.window.record(self.backend.lr(), grad_norm, self.ctx.world_size, self.ctx.device)
+        self.log.write("train", stage=self.run.name, step=step, epoch=epoch, **record)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+        self.window = LossWindow()
+
+    def _evaluate_and_checkpoint(self, epoch_end: bool, done: bool) -> None:
+        """Score the dev set when the cadence says so; save ``last/`` after it and when due."""
+        step, cadence = self.state.step, self.settings.eval
+        periodic = (
+            cadence.every_steps > 0 and step % cadence.every_steps == 0 and step > self.plan.eval_start_step
+        )
+        evaluated = periodic or ((epoch_end or done) and cadence.at_epoch_end)
+        if evaluated:
+            self.evaluate("epoch_end" if epoch_end or done else "periodic")
+        checkpoint_due = self.settings.checkpoint_every > 0 and step % self.settings.checkpoint_every == 0
+        if evaluated or checkpoint_due or epoch_end or done:
+            self.save_last()
+
+    # -- evaluation
+
+    def evaluate(self, reason: str) -> None:
+        """Score the dev rows; the best accuracy so far (ties: the later step) becomes ``best/``."""
+        run, ctx, state = self.run, self.ctx, self.state
         logits = score(
-            backend,
+            self.backend,
             run.dev,
             run.pad_id,
-            settings.eval_batch_tokens,
+            self.settings.eval_batch_tokens,
             ctx,
             desc=f"{run.name} dev",
             progress=run.progress,
@@ -263,158 +253,134 @@ def run_stage(run: StageRun) -> StageResult:
         check_logits(
             logits,
             run.dev.keys,
-            f"{run.name} dev set at step {state['step']}",
+            f"{run.name} dev set at step {state.step}",
             "no checkpoint is chosen from it",
         )
         metrics = dev_metrics(logits, run.dev.labels)
-        state["last_eval_step"] = state["step"]
-        improved = metrics["acc"] >= state["best_acc"]  # ties go to the later checkpoint, as the reference
-        log.write(
+        state.last_eval_step = state.step
+        improved = metrics["acc"] >= state.best_acc  # ties go to the later checkpoint, as the reference
+        self.log.write(
             "eval",
             stage=run.name,
-            step=state["step"],
-            epoch=state["epoch"],
+            step=state.step,
+            epoch=state.epoch,
             reason=reason,
             best=improved,
             **metrics,
         )
         if improved:
-            state["best_acc"] = metrics["acc"]
-            state["best_step"] = state["step"]
-            weights = backend.trainable_state()
+            state.best_acc, state.best_step = metrics["acc"], state.step
+            weights = self.backend.trainable_state()
             if ctx.is_main:
-                save_adapter(run.head.model, weights, out_dir / "best", adapter_info("best", metrics))
+                save_adapter(
+                    run.head.model, weights, self.out_dir / "best", self._adapter_info("best", metrics)
+                )
             ctx.barrier()
-        if bar is not None:
-            bar.set_postfix_str(f"dev acc {metrics['acc']:.4f} best {state['best_acc']:.4f}", refresh=False)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"dev acc {metrics['acc']:.4f} best {state.best_acc:.4f}", refresh=False)
+        self.backend.train()
 
-    step_rows: list[str] = []  # rows of the micro-batches accumulated into the coming step
+    # -- save and resume
 
-    def stop(problem: str, rows: list[str], width: int | None = None) -> None:
+    def _adapter_info(self, kind: str, metrics: dict | None) -> dict:
+        state = self.state
+        return {
+            "stage": self.run.name,
+            "kind": kind,
+            "step": state.step,
+            "epoch": state.epoch,
+            "dev": metrics,
+            **self.run.extra_info,
+        }
+
+    def save_last(self) -> None:
+        """The resumable state (engine, RNG of every process, where the loop is), swapped in whole."""
+        ctx, tmp = self.ctx, self.out_dir / "last.tmp"
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        ctx.barrier()
+        self.backend.save_state(tmp)
+        torch.save(capture_rng(), tmp / f"rng_{ctx.rank}.pt")
+        ctx.barrier()
+        if ctx.is_main:
+            saved = {"state": dataclasses.asdict(self.state), "plan": self.plan.__dict__}
+            (tmp / STATE_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+            swap_dir(tmp, self.out_dir / "last")
+        ctx.barrier()
+        self.log.write("checkpoint", stage=self.run.name, step=self.state.step, epoch=self.state.epoch)
+
+    def _resume_or_start(self) -> None:
+        last = find_last(self.out_dir) if self.run.resume else None
+        if last is not None:
+            self._resume(last)
+            return
+        metrics = self.out_dir / "metrics.jsonl"
+        if self.ctx.is_main and metrics.exists() and not self.run.resume:
+            metrics.unlink()
+        self.log.write(
+            "start",
+            stage=self.run.name,
+            plan=self.plan.__dict__,
+            settings=_jsonable(self.settings.__dict__),
+            **self.run.extra_info,
+        )
+
+    def _resume(self, last: Path) -> None:
+        saved = read_state(last)
+        if saved.get("plan") != self.plan.__dict__:
+            raise WsdmError(
+                f"{last}: checkpoint was made with another plan ({saved.get('plan')}); resume with the same "
+                "settings and process count, or pass --no-resume to start over"
+            )
+        self.backend.load_state(last)
+        rng_file = last / f"rng_{self.ctx.rank}.pt"
+        if rng_file.exists():
+            restore_rng(torch.load(rng_file, weights_only=False))
+        self.state = TrainState(**saved["state"])
+        self.resumed_from = self.state.step
+        self.log.write("resume", stage=self.run.name, step=self.state.step, epoch=self.state.epoch)
+
+    def _save_final(self) -> None:
+        weights = self.backend.trainable_state()
+        if self.ctx.is_main:
+            model = self.run.head.model
+            save_adapter(model, weights, self.out_dir / "final", self._adapter_info("final", None))
+            if not (self.out_dir / "best").exists():
+                # No evaluation ever ran (all cadence switches off): the final weights are the result.
+                save_adapter(model, weights, self.out_dir / "best", self._adapter_info("final", None))
+        self.ctx.barrier()
+
+    # -- non-finite numbers
+
+    def _check_norm(self, norm: float | None) -> None:
+        if self.ctx.max_int(0 if is_finite(norm) else 1):
+            self._stop(f"the gradient norm is {norm}", self.step_rows)
+
+    def _stop(self, problem: str, rows: list[str], width: int | None = None) -> None:
         """Stop the stage at a non-finite number: one line, a metrics record, nothing saved."""
-        fold = run.extra_info.get("fold")
-        where = f"optimizer step {state['step'] + 1} (epoch {state['epoch'] + 1}"
+        state = self.state
+        fold = self.run.extra_info.get("fold")
+        where = f"optimizer step {state.step + 1} (epoch {state.epoch + 1}"
         where += f", fold {fold})" if fold is not None else ")"
         batch = f"{len(rows)} rows" + (f" padded to {width} tokens" if width else "")
-        kept = find_last(out_dir)
+        kept = find_last(self.out_dir)
         if kept is not None:
-            saved_step = json.loads((kept / STATE_FILE).read_text())["state"]["step"]
-            kept_text = f"the last good checkpoint is {kept} (step {saved_step})"
+            kept_text = f"the last good checkpoint is {kept} (step {read_state(kept)['state']['step']})"
         else:
             kept_text = "no checkpoint was saved yet"
-        log.write("nonfinite", stage=run.name, step=state["step"] + 1, problem=problem, rows=rows)
-        if bar is not None:
-            bar.close()
+        self.log.write("nonfinite", stage=self.run.name, step=state.step + 1, problem=problem, rows=rows)
+        if self.bar is not None:
+            self.bar.close()
         raise NonFiniteError(
-            f"{run.name}: {problem} at {where} on {batch}: {name_rows(rows)}; "
-            f"stopped {backend.stops_at}, {kept_text}"
+            f"{self.run.name}: {problem} at {where} on {batch}: {name_rows(rows)}; "
+            f"stopped {self.backend.stops_at}, {kept_text}"
         )
 
-    def check_norm(norm: float | None) -> None:
-        if ctx.max_int(0 if is_finite(norm) else 1):
-            stop(f"the gradient norm is {norm}", step_rows)
 
-    bar = None
-    if ctx.is_main and run.progress:
-        bar = tqdm(
-            total=plan.total_steps, initial=state["step"], desc=run.name, unit="step", dynamic_ncols=True
-        )
-    backend.train()
-    cadence = settings.eval
-    window = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "cos": 0.0, "n": 0, "tokens": 0, "t0": time.time()}
-    done = state["step"] >= plan.total_steps
-    while not done and state["epoch"] < settings.epochs:
-        epoch = state["epoch"]
-        batches = epoch_micro_batches(
-            plan, run.train.n_items, run.train.group, settings.seed, epoch, ctx.rank
-        )
-        if state["micro"] == 0 and cadence.at_epoch_start and state["last_eval_step"] != state["step"]:
-            evaluate("epoch_start")
-            backend.train()
-        for micro in range(state["micro"], len(batches)):
-            boundary = (micro + 1) % plan.grad_accum == 0 or micro == len(batches) - 1
-            batch = collate(run.train, batches[micro], run.pad_id, ctx.device)
-            rows = [run.train.keys[i] for i in batches[micro]]
-            parts = run.loss_fn(backend, batch)
-            loss_value = float(parts.total.detach())
-            if ctx.max_int(0 if is_finite(loss_value) else 1):
-                stop(f"the loss is {loss_value}", rows, int(batch["input_ids"].shape[1]))
-            backend.backward(parts.total, boundary)
-            step_rows.extend(rows)
-            window["loss"] += loss_value
-            window["ce"] += float(parts.ce)
-            if parts.kl is not None:
-                window["kl"] += float(parts.kl)
-                window["cos"] += float(parts.cos)
-            window["n"] += 1
-            window["tokens"] += batch["n_tokens"]
-            if not boundary:
-                continue
-            grad_norm = backend.step(check_norm)
-            step_rows = []
-            state["step"] += 1
-            state["micro"] = micro + 1
-            if state["micro"] >= len(batches):
-                state["epoch"] += 1
-                state["micro"] = 0
-            step = state["step"]
-            if bar is not None:
-                bar.update(1)
-            if step % max(settings.log_every, 1) == 0 or step == plan.total_steps:
-                elapsed = max(time.time() - window["t0"], 1e-9)
-                n = max(window["n"], 1)
-                record = {
-                    "loss": window["loss"] / n,
-                    "ce": window["ce"] / n,
-                    "lr": backend.lr(),
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": window["tokens"] * ctx.world_size / elapsed,
-                }
-                if ctx.device.startswith("cuda"):
-                    record["peak_memory_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
-                if window["kl"]:
-                    record.update(kl=window["kl"] / n, cos=window["cos"] / n)
-                log.write("train", stage=run.name, step=step, epoch=epoch, **record)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
-                window = {
-                    "loss": 0.0,
-                    "ce": 0.0,
-                    "kl": 0.0,
-                    "cos": 0.0,
-                    "n": 0,
-                    "tokens": 0,
-                    "t0": time.time(),
-                }
-            epoch_end = state["micro"] == 0
-            done = step >= plan.total_steps
-            periodic = (
-                cadence.every_steps > 0 and step % cadence.every_steps == 0 and step > plan.eval_start_step
-            )
-            evaluated = False
-            if periodic or ((epoch_end or done) and cadence.at_epoch_end):
-                evaluate("epoch_end" if epoch_end or done else "periodic")
-                backend.train()
-                evaluated = True
-            checkpoint_due = settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0
-            if evaluated or checkpoint_due or epoch_end or done:
-                save_last()
-            if done or epoch_end:
-                break
-    if bar is not None:
-        bar.close()
-
-    weights = backend.trainable_state()
-    if ctx.is_main:
-        save_adapter(run.head.model, weights, out_dir / "final", adapter_info("final", None))
-        if not (out_dir / "best").exists():
-            # No evaluation ever ran (all cadence switches off): the final weights are the result.
-            save_adapter(run.head.model, weights, out_dir / "best", adapter_info("final", None))
-    ctx.barrier()
-    log.write(
-        "end", stage=run.name, steps=state["step"], best_acc=state["best_acc"], best_step=state["best_step"]
-    )
-    return StageResult(out_dir, state["best_acc"], state["best_step"], state["step"], resumed_from)
+def run_stage(run: StageRun) -> StageResult:
+    """Train one stage run to its end (or resume it): :meth:`Trainer.fit`."""
+    return Trainer(run).fit()
 
 
 def _jsonable(value):
