@@ -9,7 +9,7 @@ import pytest
 
 from wsdm_serve.errors import WsdmError
 from wsdm_train.config import load_config
-from wsdm_train.trainer import Plan, deepspeed_config, epoch_micro_batches, resolve_deepspeed_config
+from wsdm_train.training.trainer import Plan, deepspeed_config, epoch_micro_batches, resolve_deepspeed_config
 
 
 def test_reference_preset_holds_the_published_hyperparameters():

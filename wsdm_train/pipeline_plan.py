@@ -133,8 +133,8 @@ def preflight(plan: Plan, options: PipelineOptions) -> None:
         from .quantize import INSTALL_HINT
 
         raise WsdmError(f"{INSTALL_HINT}; or stop before quantizing with --until merge")
-    from .stage_models import require_model_folder
-    from .stages import RunOptions, deepspeed_for
+    from .training.models import require_model_folder
+    from .training.stages import RunOptions, deepspeed_for
 
     config = plan.config
     models = []

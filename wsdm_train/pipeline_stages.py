@@ -36,12 +36,12 @@ class Stages:
         self.plan = plan
         self.config = plan.config
         self.options = options
-        from .stages import Layout
+        from .training.stages import Layout
 
         self.layout = Layout(self.config)
 
     def _run_options(self, force: bool = False):
-        from .stages import RunOptions
+        from .training.stages import RunOptions
 
         return RunOptions(
             deepspeed=self.options.deepspeed,
@@ -149,7 +149,7 @@ class Stages:
     # -- running
 
     def run(self, stage: str, fresh: bool) -> str:
-        from . import stages
+        from .training import stages
 
         config, plan = self.config, self.plan
         options = self._run_options()

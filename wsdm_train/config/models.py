@@ -55,7 +55,7 @@ class ModelConfig:
     attn_implementation: str | None = None
     sdpa_cudnn: bool = False
     """PyTorch's cuDNN attention backend in training; off because its backward pass returns NaN
-    gradients for some right-padded batches on Hopper GPUs (see wsdm_train.guards)."""
+    gradients for some right-padded batches on Hopper GPUs (see wsdm_train.training.guards)."""
 
     def __post_init__(self) -> None:
         if self.model is None and self.build_tiny is None:

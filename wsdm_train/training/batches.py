@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from wsdm_serve.engines.base import length_sorted_batches
 from wsdm_serve.errors import WsdmError
 
-from .config import StageSettings
+from ..config import StageSettings
 from .distributed import DistContext
 from .modeling import log_loss
 

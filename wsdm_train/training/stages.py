@@ -3,7 +3,7 @@
 Post-pretraining, fine-tuning and distillation are each a list of :class:`Job` (one per model, or
 per teacher and fold, or per fold) that :func:`run_jobs` runs the same way: skip a finished run,
 read its data, find its starting adapter, load the model, train it with :class:`~.trainer.Trainer`
-and free it. teacher-predict only scores. Paths are in :mod:`wsdm_train.layout`; ``best/`` and
+and free it. teacher-predict only scores. Paths are in :mod:`wsdm_train.training.layout`; ``best/`` and
 ``final/`` are PEFT adapters, ``last/`` the resumable state, and later stages load earlier adapters
 strictly.
 """
@@ -23,13 +23,13 @@ import torch
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import write_frame
 
-from .config import Config, ModelConfig, PretrainSettings, StageSettings, TeacherConfig
+from ..config import Config, ModelConfig, PretrainSettings, StageSettings, TeacherConfig
+from ..inputs import pretrain_data_gap
+from .examples import attach_teacher_logits, fold_examples, pretrain_examples
 from .guards import check_logits
-from .inputs import pretrain_data_gap
 from .layout import Layout, resolve_folds
 from .modeling import LossParts, distill_loss, pretrain_loss, two_way_ce
-from .stage_data import attach_teacher_logits, fold_examples, pretrain_examples
-from .stage_models import LoadedModel, load_for_training, release, require_model_folder
+from .models import LoadedModel, load_for_training, release, require_model_folder
 from .trainer import (
     DistContext,
     Examples,

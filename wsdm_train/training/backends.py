@@ -13,12 +13,12 @@ import torch
 
 from wsdm_serve.errors import WsdmError
 
+from ..config import StageSettings
 from .batches import Plan
-from .config import StageSettings
 from .distributed import DistContext
 from .modeling import LetterHead
 
-DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
+DEEPSPEED_DIR = Path(__file__).parents[1] / "deepspeed"
 
 
 class Backend:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from wsdm_serve.errors import WsdmError
 
+from ..config import StageSettings
 from .backends import (
     Backend,
     DeepSpeedBackend,
@@ -47,7 +48,6 @@ from .checkpoints import (
     save_adapter,
     swap_dir,
 )
-from .config import StageSettings
 from .distributed import DistContext, capture_rng, init_distributed, restore_rng, seed_everything
 from .guards import NonFiniteError, check_logits, is_finite, name_rows
 from .modeling import LetterHead, LossParts
@@ -83,7 +83,7 @@ LossFn = Callable[[LetterHead | Backend, dict], LossParts]
 
 @dataclass
 class StageRun:
-    """Everything one training run needs; built by :mod:`wsdm_train.stages`."""
+    """Everything one training run needs; built by :mod:`wsdm_train.training.stages`."""
 
     name: str
     out_dir: Path

@@ -19,7 +19,7 @@ from wsdm_serve.outputs import atomic_directory
 from wsdm_serve.prompt import letter_token_ids
 from wsdm_serve.tokenizer import load_tokenizer
 
-from .config import Config, ModelConfig, StudentConfig
+from ..config import Config, ModelConfig, StudentConfig
 from .distributed import DistContext, seed_everything
 from .guards import configure_attention
 from .modeling import LetterHead, attach_lora, gradient_checkpointing_active, load_base_model

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from wsdm_serve.errors import WsdmError
 
-from .config import Config
+from ..config import Config
 
 
 class Layout:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from wsdm_serve.errors import WsdmError
 
-from .config import PretrainSettings
+from ..config import PretrainSettings
 from .trainer import Examples
 
 FOLD_COLUMNS = ("row_key", "label", "input_ids")

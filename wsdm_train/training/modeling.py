@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from wsdm_serve.errors import WsdmError
 
-from .config import DISTILL_MODES, LoadSettings, LoraSettings
+from ..config import DISTILL_MODES, LoadSettings, LoraSettings
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
