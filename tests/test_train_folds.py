@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import ASSETS, TINY_TRAIN, TOKENIZER_DIR, run_cli
 
-from wsdm_train.folds import assign_folds, stratified_folds
+from wsdm_train.data.folds import assign_folds, stratified_folds
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))

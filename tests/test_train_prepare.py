@@ -20,7 +20,7 @@ from conftest import ASSETS, PANDALM_LMSYS, PANDALM_TRAIN
 
 from wsdm_serve.prompt import STUDENT_SYSTEM_PROMPT, TEACHER_SYSTEM_PROMPT
 from wsdm_train.config import load_config
-from wsdm_train.prepare import run_prepare
+from wsdm_train.data.prepare import run_prepare
 
 PANDALM_UT = ASSETS / "pandalm_ut_format.csv"
 # Budgets above the 256-token query cap (the budget only binds the responses once the query is cut),

@@ -17,8 +17,8 @@ from wsdm_serve.errors import WsdmError
 from wsdm_serve.prompt import JudgePrompt
 from wsdm_serve.truncation import TruncationConfig
 from wsdm_train.config import load_config
-from wsdm_train.encode import encode_rows
-from wsdm_train.prepare import run_prepare
+from wsdm_train.data.encode import encode_rows
+from wsdm_train.data.prepare import run_prepare
 
 PANDALM_UT = ASSETS / "pandalm_ut_format.csv"
 

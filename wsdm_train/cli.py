@@ -47,7 +47,7 @@ def prepare(ctx, config_name, overrides, force) -> None:
     section) and writes Parquet files and a manifest under paths.processed_dir. A re-run with the
     same inputs, tokenizers and settings does nothing.
     """
-    from .prepare import run_prepare
+    from .data.prepare import run_prepare
 
     quiet = ctx.obj["quiet"]
     config = load(config_name, overrides)

@@ -202,7 +202,7 @@ def _prepare(
     manifest: Manifest,
 ) -> str:
     """prepare keeps its own fingerprint; the pipeline records it and chains it downstream."""
-    from .prepare import run_prepare
+    from .data.prepare import run_prepare
 
     started = time.time()
     # Only teachers that will be trained need prepared data.

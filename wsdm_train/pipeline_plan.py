@@ -17,7 +17,7 @@ from pathlib import Path
 from wsdm_serve.errors import WsdmError
 
 from .config import Config, TeacherConfig
-from .inputs import pretrain_data_gap
+from .data.inputs import pretrain_data_gap
 
 STAGES: tuple[str, ...] = (
     "prepare",

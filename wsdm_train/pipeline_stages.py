@@ -24,7 +24,7 @@ def _recipe(section: Any) -> Any:
 
 
 def _sha256_file(path: Path) -> str:
-    from .manifest import sha256_file
+    from .data.manifest import sha256_file
 
     return sha256_file(path)
 

@@ -24,7 +24,7 @@ from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import write_frame
 
 from ..config import Config, ModelConfig, PretrainSettings, StageSettings, TeacherConfig
-from ..inputs import pretrain_data_gap
+from ..data.inputs import pretrain_data_gap
 from .examples import attach_teacher_logits, fold_examples, pretrain_examples
 from .guards import check_logits
 from .layout import Layout, resolve_folds

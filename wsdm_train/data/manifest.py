@@ -21,7 +21,7 @@ from wsdm_serve import __version__
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.prompt import CHOICE_SUFFIX, STUDENT_SYSTEM_PROMPT, TEACHER_SYSTEM_PROMPT, user_message
 
-from .config import Config
+from ..config import Config
 from .overlap import count_dropped
 
 FORMAT_VERSION = 1

@@ -2,11 +2,11 @@
 
 The inputs are read into labelled rows (:mod:`.sources`), extra rows that repeat a competition
 pair are dropped (:mod:`.overlap`), and the folds and every model's sets are written
-(:mod:`.prepare_sets`). Everything is written into a staging folder next to the output folder, one unit (folds, student,
-each teacher) at a time with a completion marker per unit, so an interrupted run resumes where it
-stopped; the finished folder replaces the old one only at the end, and ``manifest.json`` is
-written last, so a folder with a manifest is always complete. A re-run whose fingerprint matches
-the manifest does nothing.
+(:mod:`.sets`). Everything is written into a staging folder next to the output folder, one unit
+(folds, student, each teacher) at a time with a completion marker per unit, so an interrupted run
+resumes where it stopped; the finished folder replaces the old one only at the end, and
+``manifest.json`` is written last, so a folder with a manifest is always complete. A re-run whose
+fingerprint matches the manifest does nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_write
 from wsdm_serve.prompt import STUDENT_SYSTEM_PROMPT, TEACHER_SYSTEM_PROMPT
 
-from .config import Config
+from ..config import Config
 from .inputs import data_path
 from .manifest import (
     MANIFEST_NAME,
@@ -39,7 +39,7 @@ from .manifest import (
     tokenizer_files,
 )
 from .overlap import competition_pairs, drop_overlap
-from .prepare_sets import ModelSpec, write_folds, write_model_sets
+from .sets import ModelSpec, write_folds, write_model_sets
 from .sources import CompetitionRows, SourceRows, read_competition, read_lmsys, read_ut
 from .staging import Staging
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Config
+from ..config import Config
 
 
 def data_path(config: Config, name: str) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 
 from wsdm_serve.outputs import atomic_write
 
-from .config import Budget, Config
+from ..config import Budget, Config
 from .overlap import fold_keys
 from .sources import CompetitionRows, Skip, SourceRows
 

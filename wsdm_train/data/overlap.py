@@ -6,7 +6,7 @@ that is the same pair as a competition row therefore puts that row's answer into
 of the fold whose dev set holds it: dev accuracy and the best checkpoint are then measured on
 training data. The reference kept such rows; prepare drops them by default and counts them
 (``prepare.drop_extra_overlap: false`` keeps them). Competition rows that repeat a pair among
-themselves are kept in one fold instead (:func:`fold_keys`, :mod:`wsdm_train.folds`).
+themselves are kept in one fold instead (:func:`fold_keys`, :mod:`wsdm_train.data.folds`).
 """
 
 from __future__ import annotations
