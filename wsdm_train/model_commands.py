@@ -3,8 +3,8 @@
 Both read the configuration (``--config``/``--set``) like every other command. Their options that
 name a configuration field (``--out`` is ``merge.out`` for merge, ``quantize.out`` for quantize) are
 made from that field (type, choices, bounds, help) and applied after ``--set``; every other field is
-reached with ``--set``. The work lives in :func:`wsdm_train.merge.merge_from_config` and
-:func:`wsdm_train.quantize.quantize_from_config`, which `wsdm-train all` calls too.
+reached with ``--set``. The work lives in :func:`wsdm_train.export.merge.merge_from_config` and
+:func:`wsdm_train.export.quantize.quantize_from_config`, which `wsdm-train all` calls too.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def merge(
     A re-run with the same adapters, base and settings does nothing.
     """
     quiet_requested(False)  # -q: the libraries' own bars hidden too (before they are imported)
-    from .merge import merge_from_config
+    from .export.merge import merge_from_config
 
     config = load(config_name, overrides, field_overrides)
     result = merge_from_config(config, adapters=list(adapters) or None, folds=folds, force=force)
@@ -97,7 +97,7 @@ def quantize(config_name: str, overrides: tuple[str, ...], field_overrides: list
     Runs on a GPU when one is visible, layer by layer; on CPU for small models.
     """
     quiet = quiet_requested(False)  # -q: the libraries' own bars hidden too (before they are imported)
-    from .quantize import quantize_from_config
+    from .export.quantize import quantize_from_config
 
     config = load(config_name, overrides, field_overrides)
     with library_bars_hidden(quiet):

@@ -130,7 +130,7 @@ def preflight(plan: Plan, options: PipelineOptions) -> None:
             "stages one by one (pretrain, finetune, teacher-predict, distill)"
         )
     if "quantize" in plan.stages and importlib.util.find_spec("llmcompressor") is None:
-        from .quantize import INSTALL_HINT
+        from .export.quantize import INSTALL_HINT
 
         raise WsdmError(f"{INSTALL_HINT}; or stop before quantizing with --until merge")
     from .training.models import require_model_folder

@@ -165,11 +165,11 @@ class Stages:
         if stage == "distill":
             return _trained(stages.distill(config, "all", options))
         if stage == "merge":
-            from .merge import merge_from_config
+            from .export.merge import merge_from_config
 
             return merge_from_config(config, force=fresh).summary()
         if stage == "quantize":
-            from .quantize import quantize_from_config
+            from .export.quantize import quantize_from_config
 
             return quantize_from_config(config, force=fresh).summary()
         raise ValueError(stage)

@@ -14,7 +14,7 @@ from pathlib import Path
 from wsdm_serve.engines.model_shape import read_model_config
 from wsdm_serve.errors import WsdmError
 
-from .config import QuantizeConfig
+from ..config import QuantizeConfig
 
 
 def _gptq_module(tensors: dict, module: str, bits: int, group_size: int) -> dict:

@@ -2,7 +2,7 @@
 
 The two ways of combining K fold adapters (``reference``: element-wise mean of A and B;
 ``delta``: the exact mean delta as one adapter of rank K·r) are described in
-:mod:`wsdm_train.merge`, which merges the result into the base weights. Everything here works on
+:mod:`wsdm_train.export.merge`, which merges the result into the base weights. Everything here works on
 adapter tensors alone, with no base model loaded.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_directory
 
-from .config import MERGE_MODES
+from ..config import MERGE_MODES
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

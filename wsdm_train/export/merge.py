@@ -29,6 +29,7 @@ from pathlib import Path
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_directory
 
+from ..config import MERGE_DTYPES, MERGE_MODES, Config, MergeConfig
 from .adapters import (
     ADAPTER_WEIGHTS,
     check_adapter_folder,
@@ -37,7 +38,6 @@ from .adapters import (
     read_adapter,
     write_adapter,
 )
-from .config import MERGE_DTYPES, MERGE_MODES, Config, MergeConfig
 
 log = logging.getLogger(__name__)
 

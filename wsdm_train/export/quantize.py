@@ -32,8 +32,8 @@ from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_directory
 from wsdm_serve.quantization import verify_quantized_checkpoint
 
-from .config import Config, QuantizeConfig
-from .gptq_export import export_gptq_v1
+from ..config import Config, QuantizeConfig
+from .gptq import export_gptq_v1
 
 log = logging.getLogger(__name__)
 
