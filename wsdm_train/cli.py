@@ -98,7 +98,7 @@ def all_stages(
     `wsdm-serve predict --model` and `wsdm-serve check-model` accept. The record of finished
     stages is paths.model_dir/pipeline.json.
     """
-    from .pipeline import PipelineOptions, run_pipeline
+    from .pipeline.run import PipelineOptions, run_pipeline
     from .stage_commands import setup_logging
 
     quiet = quiet_requested(quiet)

@@ -36,9 +36,9 @@ from typing import Any
 from wsdm_serve.errors import WsdmError
 from wsdm_serve.outputs import atomic_write
 
-from .config import Config
-from .pipeline_plan import STAGES, PipelineOptions, Plan, make_plan, preflight
-from .pipeline_stages import Stages
+from ..config import Config
+from .plan import STAGES, PipelineOptions, Plan, make_plan, preflight
+from .stages import Stages
 
 MANIFEST_NAME = "pipeline.json"
 FORMAT_VERSION = 1
@@ -202,7 +202,7 @@ def _prepare(
     manifest: Manifest,
 ) -> str:
     """prepare keeps its own fingerprint; the pipeline records it and chains it downstream."""
-    from .data.prepare import run_prepare
+    from ..data.prepare import run_prepare
 
     started = time.time()
     # Only teachers that will be trained need prepared data.

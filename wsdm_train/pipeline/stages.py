@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .pipeline_plan import PipelineOptions, Plan
+from .plan import PipelineOptions, Plan
 
 # Settings that change how a stage runs but not what it computes; they do not make a stage redo.
 RUN_ONLY_FIELDS = ("deepspeed", "log_every", "checkpoint_every")
@@ -24,7 +24,7 @@ def _recipe(section: Any) -> Any:
 
 
 def _sha256_file(path: Path) -> str:
-    from .data.manifest import sha256_file
+    from ..data.manifest import sha256_file
 
     return sha256_file(path)
 
@@ -36,12 +36,12 @@ class Stages:
         self.plan = plan
         self.config = plan.config
         self.options = options
-        from .training.stages import Layout
+        from ..training.stages import Layout
 
         self.layout = Layout(self.config)
 
     def _run_options(self, force: bool = False):
-        from .training.stages import RunOptions
+        from ..training.stages import RunOptions
 
         return RunOptions(
             deepspeed=self.options.deepspeed,
@@ -149,7 +149,7 @@ class Stages:
     # -- running
 
     def run(self, stage: str, fresh: bool) -> str:
-        from .training import stages
+        from ..training import stages
 
         config, plan = self.config, self.plan
         options = self._run_options()
@@ -165,11 +165,11 @@ class Stages:
         if stage == "distill":
             return _trained(stages.distill(config, "all", options))
         if stage == "merge":
-            from .export.merge import merge_from_config
+            from ..export.merge import merge_from_config
 
             return merge_from_config(config, force=fresh).summary()
         if stage == "quantize":
-            from .export.quantize import quantize_from_config
+            from ..export.quantize import quantize_from_config
 
             return quantize_from_config(config, force=fresh).summary()
         raise ValueError(stage)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from wsdm_serve.errors import WsdmError
 
-from .config import Config, TeacherConfig
-from .data.inputs import pretrain_data_gap
+from ..config import Config, TeacherConfig
+from ..data.inputs import pretrain_data_gap
 
 STAGES: tuple[str, ...] = (
     "prepare",
@@ -130,11 +130,11 @@ def preflight(plan: Plan, options: PipelineOptions) -> None:
             "stages one by one (pretrain, finetune, teacher-predict, distill)"
         )
     if "quantize" in plan.stages and importlib.util.find_spec("llmcompressor") is None:
-        from .export.quantize import INSTALL_HINT
+        from ..export.quantize import INSTALL_HINT
 
         raise WsdmError(f"{INSTALL_HINT}; or stop before quantizing with --until merge")
-    from .training.models import require_model_folder
-    from .training.stages import RunOptions, deepspeed_for
+    from ..training.models import require_model_folder
+    from ..training.stages import RunOptions, deepspeed_for
 
     config = plan.config
     models = []
