@@ -79,7 +79,7 @@ def merge(
     A re-run with the same adapters, base and settings does nothing.
     """
     quiet_requested(False)  # -q: the libraries' own bars hidden too (before they are imported)
-    from .export.merge import merge_from_config
+    from ..export.merge import merge_from_config
 
     config = load(config_name, overrides, field_overrides)
     result = merge_from_config(config, adapters=list(adapters) or None, folds=folds, force=force)
@@ -97,14 +97,9 @@ def quantize(config_name: str, overrides: tuple[str, ...], field_overrides: list
     Runs on a GPU when one is visible, layer by layer; on CPU for small models.
     """
     quiet = quiet_requested(False)  # -q: the libraries' own bars hidden too (before they are imported)
-    from .export.quantize import quantize_from_config
+    from ..export.quantize import quantize_from_config
 
     config = load(config_name, overrides, field_overrides)
     with library_bars_hidden(quiet):
         result = quantize_from_config(config, force=force)
     click.echo(f"quantize: {result.summary()}", err=True)
-
-
-def add_model_commands(group: click.Group) -> None:
-    group.add_command(merge)
-    group.add_command(quantize)

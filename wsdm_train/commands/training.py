@@ -36,7 +36,7 @@ def scoring_options(command):
 
 
 def _options(deepspeed: str, device: str, resume: bool, force: bool, quiet: bool):
-    from .training.stages import RunOptions
+    from ..training.stages import RunOptions
 
     return RunOptions(deepspeed=deepspeed, device=device, resume=resume, progress=not quiet, force=force)
 
@@ -76,7 +76,7 @@ def pretrain(config_name, overrides, deepspeed, device, resume, quiet, force, ta
     """Post-pretrain the student and/or the teachers on the extra preference rows."""
     quiet = quiet_requested(quiet)
     setup_logging(quiet)
-    from .training.stages import pretrain as run
+    from ..training.stages import pretrain as run
 
     config = load(config_name, overrides)
     if target == "all":
@@ -100,7 +100,7 @@ def finetune(config_name, overrides, deepspeed, device, resume, quiet, force, te
     """Fine-tune each teacher per fold (starts from its post-pretrained adapter)."""
     quiet = quiet_requested(quiet)
     setup_logging(quiet)
-    from .training.stages import finetune as run
+    from ..training.stages import finetune as run
 
     config = load(config_name, overrides)
     options = _options(deepspeed, device, resume, force, quiet)
@@ -116,7 +116,7 @@ def teacher_predict(config_name, overrides, device, quiet, force, teacher, fold)
     """Write each fold teacher's A/B logits for the rows the student trains on (Parquet)."""
     quiet = quiet_requested(quiet)
     setup_logging(quiet)
-    from .training.stages import teacher_predict as run
+    from ..training.stages import teacher_predict as run
 
     config = load(config_name, overrides)
     options = _options("none", device, True, force, quiet)
@@ -132,12 +132,7 @@ def distill(config_name, overrides, deepspeed, device, resume, quiet, force, fol
     """Distil the student per fold from the teachers' logits."""
     quiet = quiet_requested(quiet)
     setup_logging(quiet)
-    from .training.stages import distill as run
+    from ..training.stages import distill as run
 
     config = load(config_name, overrides)
     _report(run(config, fold, _options(deepspeed, device, resume, force, quiet)))
-
-
-def add_stage_commands(main: click.Group) -> None:
-    for command in (pretrain, finetune, teacher_predict, distill):
-        main.add_command(command)

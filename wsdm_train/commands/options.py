@@ -76,7 +76,7 @@ def quiet_requested(flag: bool) -> bool:
 
 def load(config_name: str, overrides: tuple[str, ...] | list[str], field_overrides: list = ()):
     """The configuration: ``--config``, then every ``--set``, then the command's field options."""
-    from .config import load_config
+    from ..config import load_config
 
     return load_config(config_name, [*overrides, *field_overrides])
 
@@ -97,8 +97,8 @@ def scoring_run_options(command):
 
 def field_info(key: str):
     """The pydantic field behind ``section.field`` (its annotation, bounds and description)."""
-    from .config import Config
-    from .config.loading import declared_type
+    from ..config import Config
+    from ..config.loading import declared_type
 
     *parents, name = key.split(".")
     section = Config
@@ -176,7 +176,7 @@ class FieldOptionsCommand(click.Command):
         self._params = value
 
     def invoke(self, ctx: click.Context):
-        from .config import Override
+        from ..config import Override
 
         self.params  # noqa: B018 - the options exist once the command runs
         overrides = []
