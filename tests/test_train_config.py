@@ -147,7 +147,7 @@ def test_merge_and_quantize_options_are_made_from_the_fields_they_set():
 
     from wsdm_train.cli import main
     from wsdm_train.commands.export import MERGE_FIELDS, QUANTIZE_FIELDS
-    from wsdm_train.commands.options import field_info
+    from wsdm_train.commands.field_options import field_info
 
     for name, fields in (("merge", MERGE_FIELDS), ("quantize", QUANTIZE_FIELDS)):
         options = {p.opts[0]: p for p in main.commands[name].params}

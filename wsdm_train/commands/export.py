@@ -16,7 +16,8 @@ import click
 from wsdm_serve.errors import user_errors
 from wsdm_serve.quiet import library_bars_hidden
 
-from .options import FieldOptionsCommand, config_options, load, quiet_requested
+from .field_options import FieldOptionsCommand
+from .options import config_options, load, quiet_requested
 
 # Option -> the configuration field it sets (metavar after the option name).
 MERGE_FIELDS = {
