@@ -184,31 +184,28 @@ def validation_error(exc: ValidationError, fields: str) -> ApiError:
     (``groups[3].responses[2]: must be a string``)."""
     error = exc.errors(include_url=False)[0]
     location = list(error["loc"])
+    if "id" in location:  # a union's error names the member too (groups.0.id.str): where is the id
+        location = location[: location.index("id") + 1]
     where = location_name(location) or "body"
     kind = error["type"]
-    group = location[1] if location[:1] == ["groups"] and len(location) >= 2 else None
-    field = (
-        str(location[2])
-        if group is not None and len(location) >= 3
-        else str(location[0])
-        if location
-        else None
-    )
+    group, field = None, str(location[0]) if location else None
+    if location[:1] == ["groups"] and len(location) >= 2 and isinstance(location[1], int):
+        group, field = location[1], str(location[2]) if len(location) >= 3 else None
     if kind == "missing":
         reason = "missing"
     elif kind == "extra_forbidden":
         reason = f"unknown field (a request has {fields})"
+    elif where.endswith(".id"):
+        reason = "must be a string, an integer or null"
     elif kind in ("string_type", "str_type"):
         reason = "must be a string"
     elif kind == "list_type":
         reason = "must be a list"
     elif kind in ("model_type", "model_attributes_type", "dict_type"):
         reason = "must be an object"
-    elif where.endswith(".id"):
-        reason = "must be a string, an integer or null"
     else:
         reason = error["msg"]
-    return ApiError(422, f"{where}: {reason}", group=group if isinstance(group, int) else None, field=field)
+    return ApiError(422, f"{where}: {reason}", group=group, field=field)
 
 
 def location_name(location: list) -> str:
