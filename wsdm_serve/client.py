@@ -110,13 +110,8 @@ class JudgeClient:
         self, groups: Iterable[Group], *, method: str, text_normalization: str | None = None
     ) -> list[dict]:
         """The server's result of every group (``id, rewards, mean_win, strengths, matrix``), in order."""
-        from .compare import GROUP_METHODS, group_pairs
-
         items = group_records(groups, check=False)  # the server checks the fields and answers 422
-        if method in GROUP_METHODS:
-            sizes = [_pairs_of(method, item, group_pairs) for item in items]
-        else:
-            sizes = [0] * len(items)  # the server names the method in its 422
+        sizes = [_pairs_of(method, item) for item in items]
         results: list[dict] = []
         for batch in _batches(sizes, self.batch_size):
             body: dict[str, Any] = {"groups": [items[i] for i in batch], "method": method}
@@ -183,10 +178,15 @@ class JudgeClient:
         self.close()
 
 
-def _pairs_of(method: str, item: dict, group_pairs) -> int:
-    """How many pairs a group is judged on (0 when it is malformed: the server will say how)."""
+def _pairs_of(method: str, item: dict) -> int:
+    """How many pairs a group is judged on (0 when the group or the method is malformed: the
+    server's 422 will say how)."""
+    from .compare import GROUP_METHODS, group_pairs
+
     responses = item.get("responses") if isinstance(item, dict) else None
-    return len(group_pairs(method, len(responses))) if isinstance(responses, list) else 0
+    if method not in GROUP_METHODS or not isinstance(responses, list):
+        return 0
+    return len(group_pairs(method, len(responses)))
 
 
 def _batches(sizes: list[int], limit: int | None) -> list[list[int]]:

@@ -26,8 +26,8 @@ class GroupScorer(Protocol):
 class JudgeReward:
     """Rewards from the pairwise judge, for ``GRPOTrainer(reward_funcs=[JudgeReward(...)])``.
 
-    ``judge``: an in-process :class:`~wsdm_serve.judge.Judge` (start it first with
-    ``judge.start()``, so the engine is sized once for any prompt), a
+    ``judge``: an in-process :class:`~wsdm_serve.judge.Judge` (its engine is started here, sized
+    once for any prompt the truncation lets through: later calls bring ever new prompts), a
     :class:`~wsdm_serve.client.JudgeClient`, or the URL of a `wsdm-serve serve` (a client is made
     with ``client_options``: ``api_key``, ``timeout``, ``retries``, ``batch_size``...).
 
@@ -75,6 +75,9 @@ class JudgeReward:
             raise ValueError(
                 f"group_size={group_size!r}: must be a positive integer (the trainer's num_generations)"
             )
+        start = getattr(judge, "start", None)
+        if callable(start):  # an in-process judge
+            start()
         self.judge = judge
         self.method: GroupMethod = method
         self.reference_column = reference_column
