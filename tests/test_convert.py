@@ -68,7 +68,7 @@ def quantized(base_dir: Path, calibration: Path, root: Path, bits: int) -> tuple
     pytest.importorskip(
         "llmcompressor", reason="llm-compressor is not installed (pip install 'wsdm[quantize]')"
     )
-    from wsdm_train.quantize import QuantizeConfig, export_gptq_v1, quantize_model
+    from wsdm_train.export.quantize import QuantizeConfig, export_gptq_v1, quantize_model
 
     config = QuantizeConfig(calibration_samples=8, bits=bits)
     ct = root / f"ct{bits}"

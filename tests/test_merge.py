@@ -15,8 +15,8 @@ pytest.importorskip("peft")
 
 from wsdm_serve.errors import WsdmError  # noqa: E402
 from wsdm_serve.outputs import atomic_directory  # noqa: E402
-from wsdm_train.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter  # noqa: E402
-from wsdm_train.merge import MergeConfig, apply_adapter, load_base_model, merge_folds  # noqa: E402
+from wsdm_train.export.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter  # noqa: E402
+from wsdm_train.export.merge import MergeConfig, apply_adapter, load_base_model, merge_folds  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 N_FOLDS = 4

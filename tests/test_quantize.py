@@ -22,7 +22,7 @@ from wsdm_serve.models.quantization import QuantSpec, verify_quantized_checkpoin
 torch = pytest.importorskip("torch")
 pytest.importorskip("llmcompressor", reason="llm-compressor is not installed (pip install 'wsdm[quantize]')")
 
-from wsdm_train.quantize import QuantizeConfig, calibration_prompts, quantize_model  # noqa: E402
+from wsdm_train.export.quantize import QuantizeConfig, calibration_prompts, quantize_model  # noqa: E402
 
 N_CALIBRATION = 8
 P_A_TOLERANCE = 0.02  # 8-bit weights: a judge's probability may move by a rounding's worth, not more

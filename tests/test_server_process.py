@@ -38,6 +38,8 @@ def test_the_key_is_required_on_every_route_but_health(keyed_server):
             ("GET", "/metrics"),
             ("GET", "/openapi.json"),
             ("POST", "/v1/judge"),
+            ("POST", "/v1/rewards"),
+            ("POST", "/get_reward"),
         ):
             response = anonymous.request(method, path, json={"pairs": [pair(0)]})
             assert response.status_code == 401, path
@@ -52,6 +54,10 @@ def test_the_key_is_required_on_every_route_but_health(keyed_server):
         assert client.get("/openapi.json").json()["security"] == [{"bearer": []}]
         judged = client.post("/v1/judge", json={"pairs": [pair(0), pair(1)]})
         assert judged.status_code == 200 and [r["id"] for r in judged.json()["results"]] == ["p0", "p1"]
+        rewarded = client.post(
+            "/v1/rewards", json={"groups": [{"prompt": "p", "responses": ["a", "b"]}], "method": "circular"}
+        )
+        assert rewarded.status_code == 200 and len(rewarded.json()["results"][0]["rewards"]) == 2
         assert client.get("/v1/judge", headers={"Authorization": f"bearer {KEY}"}).status_code == 405
         assert metric(client, "wsdm_requests_total", 'route="/v1/model",status="401"') == 6
 

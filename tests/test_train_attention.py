@@ -20,8 +20,8 @@ import torch
 
 from wsdm_serve.tiny import build_tiny_model
 from wsdm_train.config import LoraSettings
-from wsdm_train.modeling import LetterHead, attach_lora
-from wsdm_train.stages import letter_lm_loss, two_way_loss
+from wsdm_train.training.modeling import LetterHead, attach_lora
+from wsdm_train.training.stages import letter_lm_loss, two_way_loss
 
 WIDTH = 704  # 704 % 128 == 64
 LENGTHS = (WIDTH, 611, 480, 393, 702, 517)
@@ -130,7 +130,7 @@ def test_losses_and_gradients_are_finite_on_cpu(massive_head_model, tokenizer, r
 )
 @pytest.mark.parametrize("role", ["teacher", "student"])
 def test_training_attention_on_cuda_is_finite_and_cudnn_is_not(massive_head_model, tokenizer, role):
-    from wsdm_train.guards import configure_attention
+    from wsdm_train.training.guards import configure_attention
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:

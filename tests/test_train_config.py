@@ -77,7 +77,7 @@ def test_override_replaces_a_whole_list():
         ("teachers.nobody.model=x", "no item named 'nobody'"),
         ("teachers.7.model=x", "index out of range"),
         ("prepare", "expected section.field=value"),
-        ("prepare.student_dev.token_budget=0", "token_budget must be >= 1"),
+        ("prepare.student_dev.token_budget=0", "prepare.student_dev.token_budget: must be >= 1, got 0"),
         ("teachers.1.name=tiny_small", "duplicate name 'tiny_small'"),
     ],
 )
@@ -124,3 +124,54 @@ def test_missing_config_and_base_cycles(tmp_path):
     second.write_text("base: a.yaml\n")
     with pytest.raises(WsdmError, match="refers back to itself"):
         load_config(first)
+
+
+def test_a_bad_value_names_where_it_came_from_and_the_field(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: tiny\nlora: {r: many}\n")
+    with pytest.raises(WsdmError) as error:
+        load_config(path)
+    assert str(error.value) == f"config {path}: lora.r: expected an integer, got 'many'"
+    with pytest.raises(WsdmError) as error:
+        load_config("tiny", ["teachers.tiny_large.build_tiny=null"])
+    assert str(error.value) == (
+        "--set teachers.tiny_large.build_tiny=null: teachers.tiny_large.model: "
+        "set the model folder (or build_tiny for a random tiny model)"
+    )
+
+
+def test_merge_and_quantize_options_are_made_from_the_fields_they_set():
+    import typing
+
+    from click.testing import CliRunner
+
+    from wsdm_train.cli import main
+    from wsdm_train.commands.export import MERGE_FIELDS, QUANTIZE_FIELDS
+    from wsdm_train.commands.field_options import field_info
+
+    for name, fields in (("merge", MERGE_FIELDS), ("quantize", QUANTIZE_FIELDS)):
+        options = {p.opts[0]: p for p in main.commands[name].params}
+        for spec, key in fields.items():
+            option = options[spec.split()[0]]
+            assert option.help.endswith(f"Sets {key}.") and len(option.help) > len(f"Sets {key}.") + 10
+            choices = getattr(option.type, "choices", None)
+            literal = field_info(key).annotation
+            if typing.get_origin(literal) is typing.Literal:
+                assert list(choices) == [str(value) for value in typing.get_args(literal)]
+    result = CliRunner().invoke(main, ["quantize", "--group-size", "50", "--model", "m"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: --group-size 50: quantize.group_size: use -1 (per channel) or a multiple of 32, got 50"
+    )
+
+
+def test_help_does_not_load_the_configuration_library():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from click.testing import CliRunner; from wsdm_train.cli import main; "
+        "assert CliRunner().invoke(main, ['--help']).exit_code == 0; print('pydantic' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

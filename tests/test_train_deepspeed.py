@@ -26,10 +26,10 @@ sys.path.insert(0, sys.argv[2])
 from transformers import AutoTokenizer
 from train_data import rule_examples
 from wsdm_serve.tiny import build_tiny_model
-from wsdm_train.modeling import LetterHead, LoadSettings, LoraSettings, attach_lora, load_base_model
-from wsdm_train.stages import two_way_loss
+from wsdm_train.training.modeling import LetterHead, LoadSettings, LoraSettings, attach_lora, load_base_model
+from wsdm_train.training.stages import two_way_loss
 from wsdm_train.config import EvalCadence, StageSettings
-from wsdm_train.trainer import StageRun, init_distributed, resolve_deepspeed_config, run_stage, seed_everything
+from wsdm_train.training.trainer import StageRun, init_distributed, resolve_deepspeed_config, run_stage, seed_everything
 
 out = Path(sys.argv[1]); tests = Path(sys.argv[2])
 tok = AutoTokenizer.from_pretrained(tests / "assets" / "qwen2.5-tokenizer")

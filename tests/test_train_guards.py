@@ -17,7 +17,7 @@ from conftest import run_cli
 from safetensors.torch import load_file, save_file
 from train_data import write_processed
 
-from wsdm_train.guards import name_rows
+from wsdm_train.training.guards import name_rows
 
 TEACHER = (
     "teachers=[{name: tiny_small, tokenizer: tests/assets/qwen2.5-tokenizer, load_in_4bit: false, "
@@ -142,9 +142,9 @@ def test_row_lists_stay_one_readable_line():
 def test_training_runs_without_the_cudnn_attention_backend(processed, tmp_path):
     """The root cause of the NaN gradients on Hopper: training must not use cuDNN attention."""
     from wsdm_train.config import load_config
-    from wsdm_train.distributed import DistContext
-    from wsdm_train.guards import cudnn_attention_enabled
-    from wsdm_train.stages import load_for_training
+    from wsdm_train.training.distributed import DistContext
+    from wsdm_train.training.guards import cudnn_attention_enabled
+    from wsdm_train.training.stages import load_for_training
 
     settings = [f"paths.processed_dir={processed}", f"paths.model_dir={tmp_path / 'models'}", TEACHER]
     config = load_config("tiny", [*settings, "teachers.0.dtype=float32"])

@@ -9,10 +9,10 @@ import pytest
 from conftest import ASSETS, PANDALM_LMSYS, PANDALM_TRAIN, TINY_LMSYS, TINY_TRAIN, run_cli
 
 from wsdm_train.config import load_config
-from wsdm_train.overlap import OVERLAP_REASON, drop_overlap, pair_key
+from wsdm_train.data.overlap import OVERLAP_REASON, drop_overlap, pair_key
+from wsdm_train.data.prepare import run_prepare
+from wsdm_train.data.sources import read_competition, read_lmsys, read_ut
 from wsdm_train.pipeline import PipelineOptions, make_plan
-from wsdm_train.prepare import run_prepare
-from wsdm_train.sources import read_competition, read_lmsys, read_ut
 
 TINY_UT = ASSETS / "pandalm_tiny_ut.csv"
 

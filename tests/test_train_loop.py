@@ -12,7 +12,7 @@ from train_data import rule_examples
 
 from wsdm_serve.tiny import build_tiny_model
 from wsdm_train.config import EvalCadence, StageSettings
-from wsdm_train.modeling import (
+from wsdm_train.training.modeling import (
     LetterHead,
     LoadSettings,
     LoraSettings,
@@ -21,7 +21,7 @@ from wsdm_train.modeling import (
     load_base_model,
     two_way_ce,
 )
-from wsdm_train.trainer import DistContext, StageRun, run_stage, seed_everything
+from wsdm_train.training.trainer import DistContext, StageRun, run_stage, seed_everything
 
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "qwen2.5-tokenizer"
 PAD = 151643

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wsdm_serve.errors import WsdmError
-from wsdm_train.modeling import distill_loss, pretrain_loss, two_way_ce
+from wsdm_train.training.modeling import distill_loss, pretrain_loss, two_way_ce
 
 
 def softmax(row, t=1.0):

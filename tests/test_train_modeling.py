@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wsdm_serve.errors import WsdmError
-from wsdm_train.modeling import (
+from wsdm_train.training.modeling import (
     LetterHead,
     LoadSettings,
     LoraSettings,
@@ -16,7 +16,7 @@ from wsdm_train.modeling import (
     gradient_checkpointing_active,
     load_base_model,
 )
-from wsdm_train.modeling import (
+from wsdm_train.training.modeling import (
     load_base_model as _load,
 )
 

@@ -20,7 +20,7 @@ from conftest import ASSETS, PANDALM_LMSYS, PANDALM_TRAIN
 
 from wsdm_serve.prompt import STUDENT_SYSTEM_PROMPT, TEACHER_SYSTEM_PROMPT
 from wsdm_train.config import load_config
-from wsdm_train.prepare import run_prepare
+from wsdm_train.data.prepare import run_prepare
 
 PANDALM_UT = ASSETS / "pandalm_ut_format.csv"
 # Budgets above the 256-token query cap (the budget only binds the responses once the query is cut),
@@ -54,6 +54,9 @@ def overrides(out_dir, data_dir) -> list[str]:
         f"prepare.lmsys_file={PANDALM_LMSYS.name}",
         f"prepare.ut_file={PANDALM_UT.name}",
         "prepare.drop_extra_overlap=false",
+        # Split row by row, as the reference: the fold tests below compare with its scikit-learn split
+        # (tests/test_train_folds.py covers the default, which keeps repeated pairs in one fold).
+        "prepare.group_folds_by=none",
     ]
     for name, (budget, cap) in BUDGETS.items():
         items += [f"prepare.{name}.token_budget={budget}", f"prepare.{name}.response_word_cap={cap}"]

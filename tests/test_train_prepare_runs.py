@@ -17,8 +17,8 @@ from wsdm_serve.errors import WsdmError
 from wsdm_serve.prompt import JudgePrompt
 from wsdm_serve.truncation import TruncationConfig
 from wsdm_train.config import load_config
-from wsdm_train.encode import encode_rows
-from wsdm_train.prepare import run_prepare
+from wsdm_train.data.encode import encode_rows
+from wsdm_train.data.prepare import run_prepare
 
 PANDALM_UT = ASSETS / "pandalm_ut_format.csv"
 
@@ -135,7 +135,10 @@ def test_malformed_table_is_one_line_and_exit_2(data):
 def test_bad_config_is_one_line_and_exit_2(data):
     result = run_cli("wsdm-train", "prepare", "--config", "tiny", "--set", "prepare.n_folds=many")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: config tiny: prepare.n_folds: expected an integer, got 'many'"
+    assert (
+        result.stderr.strip()
+        == "error: --set prepare.n_folds=many: prepare.n_folds: expected an integer, got 'many'"
+    )
 
 
 @pytest.mark.parametrize(

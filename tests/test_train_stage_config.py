@@ -9,7 +9,12 @@ import pytest
 
 from wsdm_serve.errors import WsdmError
 from wsdm_train.config import load_config
-from wsdm_train.trainer import Plan, deepspeed_config, epoch_micro_batches, resolve_deepspeed_config
+from wsdm_train.training.trainer import (
+    BatchPlan,
+    deepspeed_config,
+    epoch_micro_batches,
+    resolve_deepspeed_config,
+)
 
 
 def test_reference_preset_holds_the_published_hyperparameters():
@@ -52,7 +57,7 @@ def test_tiny_preset_has_teachers_and_student_of_different_sizes():
 @pytest.mark.parametrize(("world", "grad_accum"), [(1, 64), (2, 32), (8, 8), (64, 1)])
 def test_gradient_accumulation_keeps_the_effective_batch(world, grad_accum):
     settings = load_config("reference").distill
-    plan = Plan.build(settings, n_items=100_000, group=1, world_size=world)
+    plan = BatchPlan.build(settings, n_items=100_000, group=1, world_size=world)
     assert plan.grad_accum == grad_accum
     assert plan.grad_accum * settings.per_device_batch * world == 64
     # Same optimizer steps on any GPU count (up to the per-rank rounding of 100k rows).
@@ -63,7 +68,7 @@ def test_gradient_accumulation_keeps_the_effective_batch(world, grad_accum):
 
 def test_pretrain_pairs_count_as_two_sequences():
     settings = load_config("reference").pretrain.student
-    plan = Plan.build(settings, n_items=10_000, group=2, world_size=8)
+    plan = BatchPlan.build(settings, n_items=10_000, group=2, world_size=8)
     assert (plan.items_per_micro, plan.grad_accum) == (1, 8)  # 1 pair x GA 8 x 8 GPUs = 64 pairs
     assert plan.warmup_steps == 100
 
@@ -71,17 +76,19 @@ def test_pretrain_pairs_count_as_two_sequences():
 def test_an_effective_batch_the_gpus_cannot_split_is_refused():
     settings = load_config("reference").distill
     with pytest.raises(WsdmError, match="not a multiple"):
-        Plan.build(settings, n_items=1000, group=1, world_size=3)
+        BatchPlan.build(settings, n_items=1000, group=1, world_size=3)
 
 
 def test_epoch_order_differs_between_epochs_and_ranks_do_not_overlap():
     settings = load_config("tiny").distill
-    plan = Plan.build(settings, n_items=40, group=1, world_size=2)
+    plan = BatchPlan.build(settings, n_items=40, group=1, world_size=2)
     rank0 = [i for b in epoch_micro_batches(plan, 40, 1, 7, 0, 0) for i in b]
     rank1 = [i for b in epoch_micro_batches(plan, 40, 1, 7, 0, 1) for i in b]
     assert not set(rank0) & set(rank1) and len(rank0) + len(rank1) == 40
     assert rank0 != [i for b in epoch_micro_batches(plan, 40, 1, 7, 1, 0) for i in b]
-    pairs = epoch_micro_batches(Plan.build(load_config("tiny").pretrain.student, 20, 2, 1), 20, 2, 7, 0, 0)
+    pairs = epoch_micro_batches(
+        BatchPlan.build(load_config("tiny").pretrain.student, 20, 2, 1), 20, 2, 7, 0, 0
+    )
     assert all(b[k] % 2 == 0 and b[k + 1] == b[k] + 1 for b in pairs for k in range(0, len(b), 2))
 
 
@@ -100,7 +107,7 @@ def test_overrides_and_typos():
 
 def test_shipped_deepspeed_configs_get_every_auto_value_filled():
     settings = load_config("reference").distill
-    plan = Plan.build(settings, n_items=1000, group=1, world_size=8)
+    plan = BatchPlan.build(settings, n_items=1000, group=1, world_size=8)
     for name in ("zero2", "zero3"):
         config = deepspeed_config(resolve_deepspeed_config(name), settings, plan, bf16=True)
         assert "auto" not in json.dumps(config)

@@ -198,7 +198,7 @@ def keyword_rule_rows(n: int, seed: int) -> pd.DataFrame:
 
 def rule_examples(tokenizer, n: int, seed: int):
     """Student-prompt token ids of :func:`keyword_rule_rows`, as trainer examples."""
-    from wsdm_train.trainer import Examples
+    from wsdm_train.training.trainer import Examples
 
     frame = keyword_rule_rows(n, seed)
     frame["row_key"] = "train:" + frame["id"]

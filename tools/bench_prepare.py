@@ -1,6 +1,6 @@
 """Throughput of the prepare stage's encoding (truncate + render + tokenize -> Arrow), in rows/s.
 
-Measures `wsdm_train.encode.encode_rows` with the real Qwen2.5 tokenizer on the PandaLM rows as
+Measures `wsdm_train.data.encode.encode_rows` with the real Qwen2.5 tokenizer on the PandaLM rows as
 they are (short: median ~120 tokens) and on "long" rows, each built by joining the responses of
 several PandaLM rows so that rows reach competition-like lengths (thousands of tokens) and the
 token budget actually cuts. Run from the repository root:
@@ -20,7 +20,7 @@ from wsdm_serve.prompt import STUDENT_SYSTEM_PROMPT, JudgePrompt
 from wsdm_serve.textnorm import normalize_response
 from wsdm_serve.tokenizer import load_tokenizer
 from wsdm_serve.truncation import TruncationConfig
-from wsdm_train.encode import encode_rows
+from wsdm_train.data.encode import encode_rows
 
 TOKENIZER = "tests/assets/qwen2.5-tokenizer"
 TRAIN = "tests/assets/pandalm_train.parquet"

@@ -162,7 +162,7 @@ def phase_quantize(args) -> dict:
 
     from wsdm_serve.models.quantization import verify_quantized_checkpoint
     from wsdm_serve.prompt import letter_token_ids
-    from wsdm_train.quantize import QuantizeConfig, export_gptq_v1, quantize_model
+    from wsdm_train.export.quantize import QuantizeConfig, export_gptq_v1, quantize_model
 
     work = Path(args.work)
     if work.exists():

@@ -51,7 +51,7 @@ def lora_step(head, seq_len: int, batch: int, steps: int = 2) -> dict:
     """``steps`` optimizer steps on random tokens; the last one is timed (the first warms up)."""
     import torch
 
-    from wsdm_train.modeling import two_way_ce
+    from wsdm_train.training.modeling import two_way_ce
 
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
@@ -87,7 +87,7 @@ def lora_step(head, seq_len: int, batch: int, steps: int = 2) -> dict:
 
 
 def check_student(model_dir: Path, seq_len: int, batch: int) -> dict:
-    from wsdm_train.modeling import (
+    from wsdm_train.training.modeling import (
         LetterHead,
         LoadSettings,
         LoraSettings,
@@ -109,7 +109,7 @@ def check_student(model_dir: Path, seq_len: int, batch: int) -> dict:
 
 
 def check_teacher_4bit(model_dir: Path, seq_len: int, batch: int) -> dict:
-    from wsdm_train.modeling import (
+    from wsdm_train.training.modeling import (
         LetterHead,
         LoadSettings,
         LoraSettings,
@@ -158,9 +158,15 @@ def check_distill(steps_epochs: int, deepspeed: str | None) -> dict:
 
     from wsdm_serve.tiny import build_tiny_model
     from wsdm_train.config import EvalCadence, StageSettings
-    from wsdm_train.modeling import LetterHead, LoadSettings, LoraSettings, attach_lora, load_base_model
-    from wsdm_train.stages import distillation_loss
-    from wsdm_train.trainer import (
+    from wsdm_train.training.modeling import (
+        LetterHead,
+        LoadSettings,
+        LoraSettings,
+        attach_lora,
+        load_base_model,
+    )
+    from wsdm_train.training.stages import distillation_loss
+    from wsdm_train.training.trainer import (
         StageRun,
         init_distributed,
         resolve_deepspeed_config,

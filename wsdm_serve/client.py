@@ -4,6 +4,7 @@
 
     with JudgeClient("http://127.0.0.1:8000") as judge:
         p_a = judge.judge([{"prompt": "2+2?", "response_a": "4", "response_b": "5"}])
+        rewards = judge.score_groups([("2+2?", ["4", "5", "four"])], method="round-robin")
 
 It keeps one connection pool (thread-safe: share one client between threads), retries with
 exponential backoff on 429 and 503 (waiting at least what ``Retry-After`` says) and on connection
@@ -17,11 +18,15 @@ import contextlib
 import random
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from .groups import Group, group_records
 from .pairs import Pair, pair_records
+
+if TYPE_CHECKING:
+    from .compare import GroupMethod, GroupRewards
 
 RETRY_STATUSES = (429, 503)
 
@@ -43,7 +48,8 @@ class JudgeClient:
     a 429/503 answer or a connection error, waiting ``backoff * 2**attempt`` seconds (with jitter,
     at most ``max_backoff``, at least the server's ``Retry-After``). ``api_key`` defaults to none;
     ``batch_size`` splits longer lists into requests of that many pairs (the server's
-    ``--max-pairs-per-request``).
+    ``--max-pairs-per-request``); groups are sent whole, as many per request as keep it within
+    that many pairs.
     """
 
     def __init__(
@@ -88,6 +94,30 @@ class JudgeClient:
             if text_normalization is not None:
                 body["text_normalization"] = text_normalization
             results += self.request("POST", "/v1/judge", json=body)["results"]
+        return results
+
+    def score_groups(
+        self, groups: Iterable[Group], *, method: GroupMethod, text_normalization: str | None = None
+    ) -> list[GroupRewards]:
+        """``POST /v1/rewards``: the rewards of each group of responses to one prompt, in order, as
+        :meth:`Judge.score_groups <wsdm_serve.judge.Judge.score_groups>` returns them. A group is a
+        mapping with ``prompt``, ``responses`` and optionally ``reference`` and ``id``, or a
+        ``(prompt, responses[, reference])`` tuple."""
+        results = self.group_results(groups, method=method, text_normalization=text_normalization)
+        return [_group_rewards(method, result) for result in results]
+
+    def group_results(
+        self, groups: Iterable[Group], *, method: str, text_normalization: str | None = None
+    ) -> list[dict]:
+        """The server's result of every group (``id, rewards, mean_win, strengths, matrix``), in order."""
+        items = group_records(groups, check=False)  # the server checks the fields and answers 422
+        sizes = [_pairs_of(method, item) for item in items]
+        results: list[dict] = []
+        for batch in _batches(sizes, self.batch_size):
+            body: dict[str, Any] = {"groups": [items[i] for i in batch], "method": method}
+            if text_normalization is not None:
+                body["text_normalization"] = text_normalization
+            results += self.request("POST", "/v1/rewards", json=body)["results"]
         return results
 
     def model(self) -> dict:
@@ -146,6 +176,53 @@ class JudgeClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pairs_of(method: str, item: dict) -> int:
+    """How many pairs a group is judged on (0 when the group or the method is malformed: the
+    server's 422 will say how)."""
+    from .compare import GROUP_METHODS, group_pairs
+
+    responses = item.get("responses") if isinstance(item, dict) else None
+    if method not in GROUP_METHODS or not isinstance(responses, list):
+        return 0
+    return len(group_pairs(method, len(responses)))
+
+
+def _batches(sizes: list[int], limit: int | None) -> list[list[int]]:
+    """Consecutive groups whose pairs add up to at most ``limit`` (all in one without a limit); a
+    group larger than the limit goes alone, and the server answers whether it takes it."""
+    if limit is None:
+        return [list(range(len(sizes)))] if sizes else []
+    batches: list[list[int]] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        if batches and total + size <= limit:
+            batches[-1].append(index)
+            total += size
+        else:
+            batches.append([index])
+            total = size
+    return batches
+
+
+def _group_rewards(method: str, result: dict) -> GroupRewards:
+    """A group's JSON result as :class:`~wsdm_serve.compare.GroupRewards` (null -> NaN)."""
+    import numpy as np
+
+    from .compare import GroupRewards
+
+    def array(values) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    strengths = result.get("strengths")
+    return GroupRewards(
+        method=method,
+        rewards=array(result["rewards"]),
+        matrix=np.array([array(row) for row in result["matrix"]]).reshape(len(result["matrix"]), -1),
+        mean_win=array(result["mean_win"]),
+        strengths=None if strengths is None else array(strengths),
+    )
 
 
 def _json(response: httpx.Response) -> dict:

@@ -14,6 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .compare import GroupMethod, GroupRewards
 from .data import ArenaRows, arena_rows_from_pairs
 from .engines.base import ScoringEngine
 from .engines.select import create_engine, resolve_engine
@@ -28,6 +31,7 @@ from .preprocess import (
     longest_admissible_prompt,
 )
 from .prompt import letter_token_ids
+from .rewards.batch import GroupBatch
 from .settings import JudgeSettings, settings_from_options
 from .tta import TTA_MODES, TTAMode
 
@@ -131,6 +135,21 @@ class Judge:
         prompts = self.prompts(rows, with_swapped)
         self.start(prompts.longest)
         return score_prompts(rows, [prompts], self.engine, settings, started_at)
+
+    def score_groups(self, groups, *, method: GroupMethod) -> list[GroupRewards]:
+        """Rewards of each group of responses to one prompt, in input order.
+
+        ``groups``: mappings with ``prompt``, ``responses`` (a list) and, for ``vs-reference``,
+        ``reference`` (``id`` optional), or ``(prompt, responses[, reference])`` tuples.
+        ``method``: ``vs-reference`` (reward = P(response beats the reference)), ``round-robin``
+        (Bradley-Terry strength from all pairs) or ``circular`` (from neighbour pairs); see
+        :mod:`wsdm_serve.compare.groups`. Every pair of every group is judged in one
+        :meth:`predict` call, in both orders.
+        """
+        batch = GroupBatch.plan(groups, method)
+        if not batch.pairs:  # groups of one response under round-robin or circular
+            return batch.rewards(np.zeros(0))
+        return batch.rewards(self.predict(batch.pairs, tta="all").probs[:, 0])
 
     def close(self) -> None:
         if self._owns_engine and self.engine is not None:

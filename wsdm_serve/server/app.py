@@ -1,9 +1,12 @@
 """The HTTP API: FastAPI routes over a :class:`~wsdm_serve.server.service.JudgeService`.
 
-Routes: ``POST /v1/judge``, ``GET /v1/model``, ``GET /metrics`` (Prometheus text), ``GET /health``
-(503 while the engine loads, 200 when it is ready) and ``GET /openapi.json``. With an API key every
-route but ``/health`` needs ``Authorization: Bearer <key>``. Every error is a JSON object with one
-``error`` message (and ``pair``/``field`` where a pair is at fault).
+Routes: ``POST /v1/judge``, ``POST /v1/rewards`` (groups of responses in, rewards out),
+``POST /get_reward`` (OpenRLHF's remote reward model), ``GET /v1/model``, ``GET /metrics``
+(Prometheus text), ``GET /health`` (503 while the engine loads, 200 when it is ready) and
+``GET /openapi.json``. With an API key every route but ``/health`` needs
+``Authorization: Bearer <key>``. Every error is a JSON object with one ``error`` message (and
+``pair``/``group``/``field`` where a pair or a group is at fault). The three POST routes share the
+limits, the bounded queue (counted in pairs) and the engine's batches.
 """
 
 from __future__ import annotations
@@ -16,19 +19,29 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..rewards.batch import rewards_json
 from .metrics import CONTENT_TYPE
+from .reward_schema import (
+    OpenRLHFRequest,
+    OpenRLHFResponse,
+    RewardsRequest,
+    RewardsResponse,
+    parse_openrlhf_request,
+    parse_rewards_request,
+)
 from .schema import ApiError, ErrorBody, JudgeRequest, JudgeResponse, parse_judge_request
 from .service import JudgeService
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("/v1/judge", "/v1/model", "/metrics", "/health", "/openapi.json")
+ROUTES = ("/v1/judge", "/v1/rewards", "/get_reward", "/v1/model", "/metrics", "/health", "/openapi.json")
+REQUEST_MODELS = (JudgeRequest, RewardsRequest, OpenRLHFRequest)
 PUBLIC_ROUTES = ("/health",)
 CLIENT_GONE = 499  # nginx's "client closed request": nothing is sent, the status is for the metrics
 
@@ -38,7 +51,7 @@ ERROR_RESPONSES = {
         (400, "the body is not JSON"),
         (401, "missing or wrong API key"),
         (413, "the body is larger than --max-body-bytes"),
-        (422, "not a valid request; the message names the pair and the field"),
+        (422, "not a valid request; the message names the pair or group and the field"),
         (429, "the queue is full (--max-queued-pairs); see Retry-After"),
         (500, "the engine failed on this request"),
         (503, "the engine is loading or stopping; see Retry-After"),
@@ -115,30 +128,19 @@ def create_app(service: JudgeService, on_engine_failure: Callable[[], None] | No
         service.ready()  # refreshes the readiness gauge
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.post(
-        "/v1/judge",
-        response_model=JudgeResponse,
-        responses=ERROR_RESPONSES,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JudgeRequest"}}},
-            }
-        },
-    )
-    async def judge(request: Request) -> Response:
-        """Judge pairs: P(response_a preferred) for each, in request order."""
+    Parse = Callable[[bytes], tuple[int, Callable[[], Awaitable[dict]]]]
+
+    async def answer(request: Request, parse: Parse, observe: Callable[[str, float], None]) -> Response:
+        """Read the body, parse it into (pairs to admit, the work), admit the pairs to the bounded
+        queue, and answer the work's result unless the client goes away first."""
         started = time.perf_counter()
         status = 500
         try:
-            parsed = parse_judge_request(
-                await read_body(request, config.max_body_bytes), config.max_pairs_per_request
-            )
-            pairs = len(parsed.pairs)
+            pairs, work = parse(await read_body(request, config.max_body_bytes))
             service.admit(pairs)
             answered = False
             try:
-                result = await until_disconnect(request, service.judge_pairs(parsed))
+                result = await until_disconnect(request, work())
                 answered = True
             finally:
                 service.release(pairs, answered)
@@ -152,7 +154,87 @@ def create_app(service: JudgeService, on_engine_failure: Callable[[], None] | No
             metrics.disconnects.inc()
             return Response(status_code=CLIENT_GONE)
         finally:
-            metrics.latency.labels(str(status)).observe(time.perf_counter() - started)
+            observe(str(status), time.perf_counter() - started)
+
+    def body_schema(model: type) -> dict:
+        schema = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+        return {"requestBody": {"required": True, "content": schema}}
+
+    @app.post(
+        "/v1/judge",
+        response_model=JudgeResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=body_schema(JudgeRequest),
+    )
+    async def judge(request: Request) -> Response:
+        """Judge pairs: P(response_a preferred) for each, in request order."""
+
+        def parse(body: bytes):
+            parsed = parse_judge_request(body, config.max_pairs_per_request)
+            return len(parsed.pairs), lambda: service.judge_pairs(parsed)
+
+        return await answer(
+            request, parse, lambda status, seconds: metrics.latency.labels(status).observe(seconds)
+        )
+
+    def rewards_observer(route: str) -> Callable[[str, float], None]:
+        return lambda status, seconds: metrics.rewards_latency.labels(route, status).observe(seconds)
+
+    @app.post(
+        "/v1/rewards",
+        response_model=RewardsResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=body_schema(RewardsRequest),
+    )
+    async def rewards(request: Request) -> Response:
+        """Rewards for groups of responses to one prompt each: every pair of every group judged in
+        both orders, then each group's rewards, mean win probabilities and pairwise matrix."""
+
+        def parse(body: bytes):
+            parsed, batch = parse_rewards_request(body, config.max_pairs_per_request)
+
+            async def work() -> dict:
+                scored, tokens = await service.score_groups(batch, parsed.text_normalization)
+                return {
+                    "method": batch.method,
+                    "results": [
+                        rewards_json(record, group)
+                        for record, group in zip(batch.groups, scored, strict=True)
+                    ],
+                    "usage": {"groups": len(batch), "pairs": len(batch.pairs), "tokens": tokens},
+                }
+
+            return len(batch.pairs), work
+
+        return await answer(request, parse, rewards_observer("/v1/rewards"))
+
+    @app.post(
+        "/get_reward",
+        response_model=OpenRLHFResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=body_schema(OpenRLHFRequest),
+    )
+    async def get_reward(
+        request: Request,
+        method: str = Query(
+            "vs-reference",
+            description="vs-reference: each query against its label; round-robin or circular: the queries "
+            "of one prompt in this request form a group",
+        ),
+    ) -> Response:
+        """OpenRLHF's remote reward model: one reward per query, in order (``rewards`` and ``scores``)."""
+
+        def parse(body: bytes):
+            batch, places = parse_openrlhf_request(body, method, config.max_pairs_per_request)
+
+            async def work() -> dict:
+                scored, _ = await service.score_groups(batch, None)
+                values = [float(scored[group].rewards[item]) for group, item in places]
+                return {"rewards": values, "scores": values}
+
+            return len(batch.pairs), work
+
+        return await answer(request, parse, rewards_observer("/get_reward"))
 
     def openapi() -> dict:
         if app.openapi_schema:
@@ -160,11 +242,12 @@ def create_app(service: JudgeService, on_engine_failure: Callable[[], None] | No
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        request_schema = JudgeRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        schemas.update(request_schema.pop("$defs", {}))
-        schemas["JudgeRequest"] = request_schema
+        for model in REQUEST_MODELS:
+            request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(request_schema.pop("$defs", {}))
+            schemas[model.__name__] = request_schema
         if config.api_key is not None:
             components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             schema["security"] = [{"bearer": []}]

@@ -14,7 +14,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class ServerMetrics(EngineObserver):
-    """Counters of requests, pairs and tokens, latency, queue depth and the engine's batch sizes."""
+    """Counters of requests, pairs, groups and tokens, latency, queue depth and the engine's batch sizes."""
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -32,6 +32,14 @@ class ServerMetrics(EngineObserver):
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.rewards_latency = Histogram(
+            "wsdm_rewards_seconds",
+            "Time from receiving a /v1/rewards or /get_reward request to its answer, by route and status code",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.groups = Counter("wsdm_groups", "Groups of responses given rewards", registry=registry)
         self.queued_pairs = Gauge(
             "wsdm_queued_pairs", "Pairs accepted and not answered yet (the bounded queue)", registry=registry
         )

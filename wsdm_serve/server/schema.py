@@ -65,6 +65,7 @@ class JudgeResponse(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     pair: int | None = Field(default=None, description="index of the pair at fault, from 0")
+    group: int | None = Field(default=None, description="/v1/rewards: index of the group at fault, from 0")
     field: str | None = None
 
 
@@ -77,6 +78,7 @@ class ApiError(Exception):
         message: str,
         *,
         pair: int | None = None,
+        group: int | None = None,
         field: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
@@ -84,6 +86,7 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.pair = pair
+        self.group = group
         self.field = field
         self.headers = headers or {}
 
@@ -91,13 +94,16 @@ class ApiError(Exception):
         body: dict = {"error": self.message}
         if self.pair is not None:
             body["pair"] = self.pair
+        if self.group is not None:
+            body["group"] = self.group
         if self.field is not None:
             body["field"] = self.field
         return body
 
 
-def parse_judge_request(body: bytes, max_pairs: int) -> JudgeRequest:
-    """The request in ``body``, or an :class:`ApiError` (400 not JSON, 422 not a valid request)."""
+def load_json_object(body: bytes, shape: str) -> dict:
+    """The JSON object in ``body``, or an :class:`ApiError`: 400 when it is not JSON, 422 when it
+    is not an object (``shape`` shows what one looks like)."""
     try:
         payload = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -107,7 +113,26 @@ def parse_judge_request(body: bytes, max_pairs: int) -> JudgeRequest:
     except RecursionError:
         raise ApiError(400, "invalid JSON: nested too deeply") from None
     if not isinstance(payload, dict):
-        raise ApiError(422, 'the body must be a JSON object: {"pairs": [...]}')
+        raise ApiError(422, f"the body must be a JSON object: {shape}")
+    return payload
+
+
+def check_unicode(text: str, where: str, **location) -> None:
+    """422 naming ``where`` when ``text`` holds an unpaired surrogate (JSON allows it, UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ApiError(
+            422,
+            f"{where}: not valid Unicode (an unpaired surrogate "
+            f"\\u{ord(error.object[error.start]):04x} at character {error.start})",
+            **location,
+        ) from None
+
+
+def parse_judge_request(body: bytes, max_pairs: int) -> JudgeRequest:
+    """The request in ``body``, or an :class:`ApiError` (400 not JSON, 422 not a valid request)."""
+    payload = load_json_object(body, '{"pairs": [...]}')
     pairs = payload.get("pairs")
     if isinstance(pairs, list) and len(pairs) > max_pairs:
         raise ApiError(
@@ -124,16 +149,7 @@ def parse_judge_request(body: bytes, max_pairs: int) -> JudgeRequest:
         raise ApiError(422, "pairs: no pairs; send at least one", field="pairs")
     for index, pair in enumerate(request.pairs):
         for name in TEXT_FIELDS:
-            try:
-                getattr(pair, name).encode("utf-8")
-            except UnicodeEncodeError as error:
-                raise ApiError(
-                    422,
-                    f"pairs[{index}].{name}: not valid Unicode (an unpaired surrogate "
-                    f"\\u{ord(error.object[error.start]):04x} at character {error.start})",
-                    pair=index,
-                    field=name,
-                ) from None
+            check_unicode(getattr(pair, name), f"pairs[{index}].{name}", pair=index, field=name)
     return request
 
 

@@ -15,13 +15,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..compare import GroupRewards
 from ..data import arena_rows_from_records
 from ..engines.asynchronous import AsyncScoringEngine, EngineStopped
 from ..errors import one_line
 from ..judge import Judge
+from ..rewards.batch import GroupBatch
 from ..tta import combine_swapped, softmax2, winners
 from .config import ServeConfig
 from .metrics import ServerMetrics
@@ -31,6 +34,17 @@ log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 30.0
 LOADING_RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Probabilities of pairs in request order: forward, swapped (None without swap), after TTA."""
+
+    ids: list
+    forward: np.ndarray
+    swapped: np.ndarray | None
+    probs: np.ndarray
+    tokens: int
 
 
 class JudgeService:
@@ -51,6 +65,8 @@ class JudgeService:
         # Prompt building (tokenizer, chat template) on one thread: the event loop stays free, and
         # the tokenizer is never used by two threads at once.
         self._prompts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsdm-prompts")
+        # The Bradley-Terry fits of group rewards (~5 ms a group) off the event loop too.
+        self._fits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsdm-rewards")
 
     @classmethod
     def prepare(
@@ -97,6 +113,7 @@ class JudgeService:
     async def close(self) -> None:
         await self.engine.close()
         self._prompts.shutdown(wait=False, cancel_futures=True)
+        self._fits.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ admission
     def admit(self, pairs: int) -> None:
@@ -139,16 +156,19 @@ class JudgeService:
         return max(1, min(60, math.ceil(excess_pairs / rate)))
 
     # ------------------------------------------------------------------ judging
-    async def judge_pairs(self, request: JudgeRequest) -> dict:
-        """Probabilities of every pair, in request order (the caller has admitted the pairs)."""
-        normalization = request.text_normalization or self.config.judge.text_normalization
-        swap = request.swap == "all"
-        rows = arena_rows_from_records([pair.model_dump() for pair in request.pairs], normalization)
+    async def score_records(
+        self, records: list[dict], normalization: str, swap: bool, name: Callable[[int], tuple[str, dict]]
+    ) -> Scored:
+        """P(A), P(B) of pairs (mappings with the three texts, checked), as predict computes them:
+        the forward prompts and, with ``swap``, the swapped ones in ONE engine submission, so
+        concurrent requests share the engine's batches. ``name(pair)`` says where a pair came
+        from (its message prefix and error location) for a prompt too long for the engine."""
+        rows = arena_rows_from_records(records, normalization)
         loop = asyncio.get_running_loop()
         prompts = await loop.run_in_executor(self._prompts, self.judge.prompts, rows, swap)
         n = len(rows)
         sequences = prompts.token_ids + (prompts.swapped_token_ids if swap else [])
-        self.check_lengths(sequences, n)
+        self.check_lengths(sequences, n, name)
         try:
             logits = await self.engine.score(sequences)
         except EngineStopped as exc:
@@ -160,30 +180,61 @@ class JudgeService:
             )
             raise ApiError(500, f"engine error: {type(exc).__name__}: {one_line(exc)}") from None
         forward = softmax2(logits[:n])
-        probs = forward
-        swapped = None
-        if swap:
-            swapped = softmax2(logits[n:])
-            probs = combine_swapped(forward, swapped, np.arange(n))
+        swapped = softmax2(logits[n:]) if swap else None
+        probs = forward if swapped is None else combine_swapped(forward, swapped, np.arange(n))
         tokens = sum(len(sequence) for sequence in sequences)
-        results = []
-        for index, (pair_id, winner) in enumerate(zip(rows.ids, winners(probs), strict=True)):
-            result = {
-                "id": pair_id,
-                "p_a": float(probs[index, 0]),
-                "p_b": float(probs[index, 1]),
-                "winner": winner,
-            }
-            if swapped is not None:
-                # In the swapped prompt response_a sits in slot B: its probability is the B column.
-                result["p_a_forward"] = float(forward[index, 0])
-                result["p_a_swapped"] = float(swapped[index, 1])
-            results.append(result)
         self.metrics.pairs.inc(n)
         self.metrics.tokens.inc(tokens)
-        return {"results": results, "usage": {"pairs": n, "tokens": tokens}}
+        return Scored(list(rows.ids), forward, swapped, probs, tokens)
 
-    def check_lengths(self, sequences: list[list[int]], n: int) -> None:
+    async def judge_pairs(self, request: JudgeRequest) -> dict:
+        """Probabilities of every pair, in request order (the caller has admitted the pairs)."""
+        normalization = request.text_normalization or self.config.judge.text_normalization
+        scored = await self.score_records(
+            [pair.model_dump() for pair in request.pairs],
+            normalization,
+            request.swap == "all",
+            lambda index: (f"pairs[{index}]", {"pair": index}),
+        )
+        results = []
+        for index, (pair_id, winner) in enumerate(zip(scored.ids, winners(scored.probs), strict=True)):
+            result = {
+                "id": pair_id,
+                "p_a": float(scored.probs[index, 0]),
+                "p_b": float(scored.probs[index, 1]),
+                "winner": winner,
+            }
+            if scored.swapped is not None:
+                # In the swapped prompt response_a sits in slot B: its probability is the B column.
+                result["p_a_forward"] = float(scored.forward[index, 0])
+                result["p_a_swapped"] = float(scored.swapped[index, 1])
+            results.append(result)
+        return {"results": results, "usage": {"pairs": len(results), "tokens": scored.tokens}}
+
+    async def score_groups(
+        self, batch: GroupBatch, normalization: str | None
+    ) -> tuple[list[GroupRewards], int]:
+        """Each group's rewards (see :mod:`wsdm_serve.rewards.batch`) and the tokens scored: every
+        pair of every group in one engine submission, both orders."""
+        if not batch.pairs:  # groups of one response under round-robin or circular
+            return batch.rewards(np.zeros(0)), 0
+
+        def name(index: int) -> tuple[str, dict]:
+            group, first = batch.source(index, 0)
+            return f"{first} against {batch.source(index, 1)[1]}", {"group": group}
+
+        scored = await self.score_records(
+            batch.pairs, normalization or self.config.judge.text_normalization, True, name
+        )
+        rewards = await asyncio.get_running_loop().run_in_executor(
+            self._fits, batch.rewards, scored.probs[:, 0]
+        )
+        self.metrics.groups.inc(len(batch))
+        return rewards, scored.tokens
+
+    def check_lengths(
+        self, sequences: list[list[int]], n: int, name: Callable[[int], tuple[str, dict]]
+    ) -> None:
         limit = self.engine.max_prompt_tokens
         if limit is None:
             return
@@ -191,11 +242,12 @@ class JudgeService:
             if len(sequence) > limit:
                 index = position % n
                 which = "swapped prompt" if position >= n else "prompt"
+                where, location = name(index)
                 raise ApiError(
                     422,
-                    f"pairs[{index}]: its {which} has {len(sequence)} tokens, more than this server's engine "
+                    f"{where}: its {which} has {len(sequence)} tokens, more than this server's engine "
                     f"takes ({limit}; see --token-budget and --max-model-len)",
-                    pair=index,
+                    **location,
                 )
 
     def model_info(self) -> dict:
