@@ -72,28 +72,38 @@ def test_bad_core_lists_are_one_line_errors(text, message):
 
 
 # --------------------------------------------------------------------------- layouts
-def test_the_ci_machine_runs_one_single_threaded_engine_per_core():
+def test_the_ci_machine_runs_one_engine_with_a_single_threaded_rank_per_core():
     result = plan()
-    assert result.engines == (((0,),), ((1,),))
-    assert [result.environment(e) for e in range(2)] == [
-        {"VLLM_CPU_OMP_THREADS_BIND": "0"},
-        {"VLLM_CPU_OMP_THREADS_BIND": "1"},
-    ]
+    assert result.engines == (((0,), (1,)),)
+    assert result.environment(0) == {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
     assert result.dtype == "float32" and result.max_model_len == 2049
-    assert result.kv_cache_bytes == DEFAULT_KV_CACHE_BYTES
+    assert result.kv_cache_bytes == DEFAULT_KV_CACHE_BYTES // 2  # the ranks share the engine's heads
     assert result.engine_arguments() == {
-        "tensor_parallel_size": 1,
+        "tensor_parallel_size": 2,
         "dtype": "float32",
         "max_model_len": 2049,
-        "kv_cache_memory_bytes": DEFAULT_KV_CACHE_BYTES,
+        "kv_cache_memory_bytes": DEFAULT_KV_CACHE_BYTES // 2,
     }
     assert result.notes == []
-    assert result.describe().startswith("2 engine(s) x tensor-parallel 1 on cores [0] [1], float32")
+    assert result.describe().startswith("1 engine(s) x tensor-parallel 2 on cores [0|1], float32")
+    # Heads that do not split in two: one single-threaded engine per core instead.
+    odd = plan({**TINY, "num_attention_heads": 3, "num_key_value_heads": 1, "hidden_size": 96})
+    assert odd.engines == (((0,),), ((1,),))
+    # Asked for one rank per engine: as many engines as ranks.
+    assert plan(tensor_parallel=1).engines == (((0,),), ((1,),))
 
 
-def test_one_engine_on_the_ci_machine_takes_both_cores():
+def test_one_engine_on_the_ci_machine_takes_both_cores_as_two_ranks():
+    """One engine (a server's) gets the two single-threaded ranks the node holds; asked for one rank,
+    it runs two threads on both cores."""
     result = plan(engines=1)
-    assert result.engines == (((0, 1),),) and result.binding(0) == "0-1"
+    assert result.engines == (((0,), (1,)),) and result.binding(0) == "0|1"
+    single = plan(engines=1, tensor_parallel=1)
+    assert single.engines == (((0, 1),),) and single.binding(0) == "0-1"
+    odd_heads = plan(
+        {**TINY, "num_attention_heads": 3, "num_key_value_heads": 1, "hidden_size": 96}, engines=1
+    )
+    assert odd_heads.tensor_parallel == 1  # 3 heads do not split in two
 
 
 def test_tensor_parallel_two_binds_one_core_per_rank():
@@ -135,7 +145,7 @@ def test_idle_cores_are_noted():
 def test_cpus_restricts_the_cores():
     result = plan(machine=TWO_SOCKETS, cpus="0-3")
     assert result.engines == (((0, 1, 2),),)
-    assert plan(machine=TWO_SOCKETS, cpus="8,9").engines == (((8,),), ((9,),))
+    assert plan(machine=TWO_SOCKETS, cpus="8,9").engines == (((8,), (9,)),)
     with pytest.raises(
         WsdmError, match=r"--cpus 0-60: core 56 is not available to this process \(allowed: 0-55\)"
     ):
@@ -168,6 +178,7 @@ def test_the_default_kv_cache_shrinks_to_what_is_free_but_not_below_one_prompt()
         cores=(0, 1), free_memory=int((weights_only + 0.5 * GIB) / 0.9), total_memory=64 * GIB
     )
     result = plan(QWEN25_14B_GPTQ4, machine)
+    assert result.tensor_parallel == 1  # a second rank's process does not fit; one rank does
     assert 0.3 * GIB < result.kv_cache_bytes < DEFAULT_KV_CACHE_BYTES
     assert result.memory_per_engine <= machine.free_memory * 0.9
 

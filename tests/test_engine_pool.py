@@ -19,8 +19,8 @@ def test_pack_round_trip():
 def test_pool_splits_rows_sets_devices_reports_progress_and_keeps_input_order():
     sequences = [[i] * (i % 7 + 1) for i in range(40)]
     specs = [
-        WorkerSpec("tests.pool_helpers:EchoEngine", devices="3", label="GPU 3"),
-        WorkerSpec("tests.pool_helpers:EchoEngine", devices="5", label="GPU 5"),
+        WorkerSpec("tests.pool_helpers:EchoEngine", environment={"CUDA_VISIBLE_DEVICES": "3"}, label="GPU 3"),
+        WorkerSpec("tests.pool_helpers:EchoEngine", environment={"CUDA_VISIBLE_DEVICES": "5"}, label="GPU 5"),
     ]
     reported = []
     pool = EnginePool(specs)

@@ -267,6 +267,14 @@ def test_eight_h100_run_eight_engines():
     assert plan.tensor_parallel == 1 and plan.data_parallel == 8
 
 
+def test_engines_caps_the_data_parallel_engines_and_is_checked():
+    plan = plan_gpus(QWEN25_14B, H100X8, longest_prompt=10_300, settings=EngineSettings(engines=3))
+    assert plan.groups == [[0], [1], [2]]
+    assert plan.notes == ["GPU(s) 3,4,5,6,7 left idle: --engines 3"]
+    with pytest.raises(WsdmError, match=r"--engines 3: 4 GPU\(s\) in groups of 2 \(tensor-parallel\) hold 2"):
+        plan_gpus(QWEN25_14B, L4X4, longest_prompt=10_300, settings=EngineSettings(engines=3))
+
+
 def test_a_long_context_can_push_the_model_to_more_gpus():
     # 39.4 GiB A100s hold the bf16 weights plus a 10k-token KV cache, not plus a 32k one.
     assert plan_gpus(QWEN25_14B, A100_40X3, longest_prompt=10_300).tensor_parallel == 1

@@ -125,13 +125,17 @@ def test_fp8_on_an_integer_checkpoint_names_the_convert_command(tmp_path):
     check_model_precision(tmp_path, FP8_CHECKPOINT, "fp8")
 
 
-def test_fp8_with_the_hf_engine_is_refused_before_any_work():
+def test_fp8_with_the_hf_engine_or_on_cpus_is_refused_before_any_work():
+    with pytest.raises(WsdmError, match="vllm engine only"):
+        resolve_engine(EngineSettings(name="hf", precision="fp8"))
     for options in (
-        EngineSettings(name="hf", precision="fp8"),
         EngineSettings(device="cpu", precision="fp8"),
+        EngineSettings(name="hf", device="cpu", precision="fp8"),
     ):
-        with pytest.raises(WsdmError, match="vllm engine only"):
+        with pytest.raises(WsdmError, match="fp8 needs FP8 tensor cores|vllm engine only"):
             resolve_engine(options)
+    with pytest.raises(WsdmError, match="neither engine runs it on CPUs"):
+        resolve_engine(EngineSettings(device="cpu", precision="fp8"))
     with pytest.raises(WsdmError, match="--precision int4: choose one of checkpoint, fp8"):
         resolve_engine(EngineSettings(precision="int4"))
 
@@ -161,7 +165,10 @@ def test_cli_fp8_refusals_are_one_line_with_exit_2(tiny_model_dir, gptq_labelled
     out = tmp_path / "sub.csv"
     cases = [
         (["--model", tiny_model_dir, "--engine", "hf", "--precision", "fp8"], "vllm engine only"),
-        (["--model", tiny_model_dir, "--device", "cpu", "--precision", "fp8"], "vllm engine only"),
+        (
+            ["--model", tiny_model_dir, "--device", "cpu", "--precision", "fp8"],
+            "neither engine runs it on CPUs",
+        ),
         (["--model", gptq_labelled, "--precision", "fp8"], f"wsdm-serve convert {gptq_labelled} --to fp8"),
     ]
     for extra, message in cases:

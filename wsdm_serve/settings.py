@@ -82,7 +82,11 @@ def _number(low: float, high: float | None = None, low_open: bool = False) -> Ca
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("must be a number or None")
         if value < low or (low_open and value == low) or (high is not None and value > high):
-            where = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+            where = (
+                f"{'(' if low_open else '['}{low:g}, {high:g}]"
+                if high is not None
+                else f"{'>' if low_open else '>='} {low:g}"
+            )
             raise ValueError(f"must be in {where}")
         return float(value)
 
@@ -120,17 +124,29 @@ def _gpus(value: Any) -> str | None:
     raise ValueError('must be a string such as "0,1" or a list of GPU numbers')
 
 
+def _cpus(value: Any) -> str | None:
+    """``"0-3,8"`` as the command line takes it, or a sequence of core numbers."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Sequence) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return ",".join(map(str, value))
+    raise ValueError('must be a string such as "0-3,8" or a list of core numbers')
+
+
 ENGINE_OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "engine": ("name", _choice(ENGINES)),
     "device": ("device", _text()),
     "dtype": ("dtype", _choice(DTYPES)),
     "batch_tokens": ("batch_tokens", _int(1, optional=True)),
     "gpus": ("gpus", _gpus),
+    "cpus": ("cpus", _cpus),
+    "engines": ("engines", _int(1, optional=True)),
     "tensor_parallel": ("tensor_parallel", _int(1, optional=True)),
     "max_model_len": ("max_model_len", _int(2, optional=True)),
     "gpu_memory_utilization": ("gpu_memory_utilization", _number(0, 1, low_open=True)),
     "enforce_eager": ("enforce_eager", _flag(optional=True)),
     "max_num_batched_tokens": ("max_num_batched_tokens", _int(1024, optional=True)),
+    "kv_cache_gib": ("kv_cache_gib", _number(0, low_open=True)),
     "precision": ("precision", _choice(("checkpoint", "fp8"))),
     "load_format": ("load_format", _text()),
     "trust_remote_code": ("trust_remote_code", _flag()),

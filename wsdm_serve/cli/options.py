@@ -74,6 +74,25 @@ def trust_remote_code_option(command):
 def vllm_options(command):
     """Options of the vllm engine; unset ones keep the engine's defaults (see docs/vllm.md)."""
     command = click.option(
+        "--kv-cache-gib",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="vllm engine on CPUs: KV cache of each tensor-parallel rank, GiB [default: 2 per engine, "
+        "less where memory is short].",
+    )(command)
+    command = click.option(
+        "--engines",
+        type=click.IntRange(min=1),
+        default=None,
+        help="vllm engine: engines run side by side (data parallel) [default: as many as the GPUs hold; "
+        "on CPUs one per NUMA node, as memory allows].",
+    )(command)
+    command = click.option(
+        "--cpus",
+        default=None,
+        help="vllm engine on CPUs: cores to use, e.g. 0-3,8 [default: all this process may use].",
+    )(command)
+    command = click.option(
         "--enforce-eager/--no-enforce-eager",
         default=None,
         help="vllm engine: run without torch.compile and CUDA graphs [default: eager; graphs add 1-2% in FP8, ~0.5% in bf16, and 70-100 s of start-up].",
@@ -101,8 +120,9 @@ def vllm_options(command):
         "--tensor-parallel",
         type=click.IntRange(min=1),
         default=None,
-        help="vllm engine: GPUs per engine [default: the fewest the model fits on]; "
-        "the other GPUs run more engines (data parallel).",
+        help="vllm engine: GPUs (on CPUs: ranks) per engine [default: the fewest GPUs the model fits on, "
+        "the other GPUs run more engines; on CPUs one single-threaded rank per core on NUMA nodes of up "
+        "to 2 cores, else one].",
     )(command)
     command = click.option(
         "--gpus",
@@ -126,10 +146,14 @@ def engine_options(command):
         type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
         default="auto",
         show_default=True,
-        help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU.",
+        help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (bf16 for 4-bit "
+        "checkpoints on vLLM's CPU build).",
     )(command)
     command = click.option(
-        "--device", default="auto", show_default=True, help="hf engine: auto, cpu, cuda or cuda:N."
+        "--device",
+        default="auto",
+        show_default=True,
+        help="auto, cpu, cuda, or cuda:N (hf engine); cpu with the vllm engine runs vLLM's CPU build.",
     )(command)
     command = click.option(
         "--precision",
@@ -144,7 +168,8 @@ def engine_options(command):
         type=click.Choice(["auto", "hf", "vllm"]),
         default="auto",
         show_default=True,
-        help="auto: vllm when it imports and a CUDA GPU is visible, else hf (transformers).",
+        help="auto: vllm where it runs (its CUDA build and a GPU, or its CPU build and a model the CPU "
+        "plan accepts), else hf (transformers).",
     )(command)
     return command
 
@@ -155,11 +180,14 @@ ENGINE_FIELDS = {
     "dtype": "dtype",
     "batch_tokens": "batch_tokens",
     "gpus": "gpus",
+    "cpus": "cpus",
+    "engines": "engines",
     "tensor_parallel": "tensor_parallel",
     "max_model_len": "max_model_len",
     "gpu_memory_utilization": "gpu_memory_utilization",
     "enforce_eager": "enforce_eager",
     "max_num_batched_tokens": "max_num_batched_tokens",
+    "kv_cache_gib": "kv_cache_gib",
     "precision": "precision",
 }
 """Command-line parameter -> field of EngineSettings."""

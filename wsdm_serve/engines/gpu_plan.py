@@ -324,10 +324,20 @@ def plan_gpus(
     kv = kv_bytes_per_token(config, chosen_dtype) * length
     size = choose_tensor_parallel(config, chosen, weights, kv, utilization, settings.tensor_parallel)
     groups, leftover = split_groups(chosen, size)
+    if settings.engines is not None:
+        if settings.engines > len(groups):
+            raise WsdmError(
+                f"--engines {settings.engines}: {len(chosen)} GPU(s) in groups of {size} (tensor-parallel) "
+                f"hold {len(groups)} engine(s)"
+            )
+        leftover = [gpu for group in groups[settings.engines :] for gpu in group] + leftover
+        groups = groups[: settings.engines]
     notes = []
     if leftover:
         notes.append(
             f"GPU(s) {','.join(map(str, leftover))} left idle: {len(chosen)} GPUs do not divide into groups of {size}"
+            if settings.engines is None
+            else f"GPU(s) {','.join(map(str, leftover))} left idle: --engines {settings.engines}"
         )
     return GpuPlan(
         groups=groups,

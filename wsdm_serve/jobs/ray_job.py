@@ -205,15 +205,24 @@ def cluster_layout(settings: JudgeSettings) -> tuple[JudgeSettings, int, dict]:
     engine = settings.engine
     if engine.gpus is not None:
         raise WsdmError("--gpus: on a Ray cluster each actor gets its GPUs from Ray; drop --gpus")
-    name = engine.name if engine.name != "auto" else ("vllm" if gpus and not engine.hf_only() else "hf")
+    if engine.engines is not None:
+        raise WsdmError(
+            "--engines: on a Ray cluster the engines are one actor per GPU group Ray has; drop --engines"
+        )
+    on_gpus = gpus and not engine.hf_only() and engine.device != "cpu"
+    name = engine.name if engine.name != "auto" else ("vllm" if on_gpus else "hf")
     if name == "vllm":
+        if engine.device == "cpu":
+            raise WsdmError(
+                "--device cpu: on a Ray cluster the vllm engine runs on GPUs; use --engine hf or drop --ray"
+            )
         if not gpus:
             raise WsdmError("--engine vllm: the Ray cluster has no GPU")
         size = engine.tensor_parallel or 1
         if size > gpus:
             raise WsdmError(f"--tensor-parallel {size}: the Ray cluster has {gpus} GPU(s)")
         engine, actors, extra = (
-            replace(engine, name="vllm", tensor_parallel=size),
+            replace(engine, name="vllm", device="cuda", tensor_parallel=size),
             gpus // size,
             {"num_gpus": size, "num_cpus": 1},
         )
