@@ -42,7 +42,7 @@ sys.path.insert(0, str(TOOLS))
 
 import bench  # noqa: E402  (tools/bench.py: workload, model folders, worker processes)
 import bench_serve  # noqa: E402  (tools/bench_serve.py: the service in a thread, HTTP clients)
-from bench_serve import ms, percentile, result  # noqa: E402
+from bench_serve import latency_record, ms, percentile, result  # noqa: E402
 
 GROUP_SIZE = 8
 ROWS_PER_GROUP = GROUP_SIZE // 2 + 1  # 4 rows give 8 responses, one more the reference
@@ -229,8 +229,7 @@ def worker_server(args) -> None:
                 return [(await post_groups(http, [probe], args.method))[0] for probe in probes]
 
         latencies = asyncio.run(idle())
-        record = {"measure": "latency", "state": "idle", "n": len(latencies)}
-        record.update(p50_ms=ms(percentile(latencies, 50)), p99_ms=ms(percentile(latencies, 99)))
+        record = latency_record("idle", latencies)
         print(f"[server] idle, one group: p50 {record['p50_ms']} ms, p99 {record['p99_ms']} ms", flush=True)
         result(record)
         for clients in args.levels:
@@ -246,15 +245,7 @@ def worker_server(args) -> None:
             )
             result(level)
             if under_load is not None:
-                record = {
-                    "measure": "latency",
-                    "state": f"under load ({clients} clients)",
-                    "n": len(probe_latencies),
-                }
-                record.update(
-                    p50_ms=ms(percentile(probe_latencies, 50)), p99_ms=ms(percentile(probe_latencies, 99))
-                )
-                result(record)
+                result(latency_record(f"under load ({clients} clients)", probe_latencies))
     finally:
         service.stop()
 

@@ -77,6 +77,17 @@ def result(record: dict) -> None:
     print("RESULT " + json.dumps(record), flush=True)
 
 
+def latency_record(state: str, latencies: list[float]) -> dict:
+    """The p50/p99 record of single-request latencies taken in ``state`` (idle or under load)."""
+    return {
+        "measure": "latency",
+        "state": state,
+        "n": len(latencies),
+        "p50_ms": ms(percentile(latencies, 50)),
+        "p99_ms": ms(percentile(latencies, 99)),
+    }
+
+
 def slice_rows(rows, start: int, stop: int):
     from wsdm_serve.data import ArenaRows
 
@@ -363,8 +374,7 @@ def worker_server(args) -> None:
                 return [(await post(http, [probe]))[0] for probe in probes]
 
         latencies = asyncio.run(idle())
-        record = {"measure": "latency", "state": "idle", "n": len(latencies)}
-        record.update(p50_ms=ms(percentile(latencies, 50)), p99_ms=ms(percentile(latencies, 99)))
+        record = latency_record("idle", latencies)
         print(f"[server] idle single pair: p50 {record['p50_ms']} ms, p99 {record['p99_ms']} ms", flush=True)
         result(record)
         for clients in args.levels:
@@ -386,15 +396,7 @@ def worker_server(args) -> None:
             )
             result(level)
             if under_load is not None:
-                record = {
-                    "measure": "latency",
-                    "state": f"under load ({clients} clients)",
-                    "n": len(probe_latencies),
-                }
-                record.update(
-                    p50_ms=ms(percentile(probe_latencies, 50)), p99_ms=ms(percentile(probe_latencies, 99))
-                )
-                result(record)
+                result(latency_record(f"under load ({clients} clients)", probe_latencies))
     finally:
         service.stop()
 
