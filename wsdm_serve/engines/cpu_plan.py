@@ -51,14 +51,13 @@ DEFAULT_MEMORY_FRACTION = 0.9
 """Share of the free memory the plan may fill."""
 SMALL_NODE_CORES = 2
 """NUMA nodes of at most this many cores run one single-threaded rank per core. Measured on one node
-of 2 cores (docs/benchmarks.md), the real 0.5B model: on a quiet machine one engine with a rank on
-each core (tensor-parallel 2) was 7-10% faster than two single-threaded engines and within 16% of
-one engine with two threads (faster in bf16, slower in float32); beside other work, one engine
-whose two OpenMP threads share the cores with vLLM's scheduler process ran 1.0-2.2x slower than
-either single-threaded layout, because every parallel region waits for whichever thread was
-preempted. Tensor-parallel 2 also holds one copy of the weights, not two. Larger nodes run one
-rank each and keep their last core for the scheduler processes, as vLLM's own ``auto`` binding does
-(not measured here)."""
+of 2 cores (docs/benchmarks.md), the real 0.5B model: on a quiet machine the three layouts (one
+engine with a rank on each core, two single-threaded engines, one engine with two threads) were
+within 13% of one another; beside other work, the engine whose two OpenMP threads share the cores
+with vLLM's scheduler process ran 1.0-2.2x slower than either single-threaded layout, because every
+parallel region waits for whichever thread was preempted. Tensor-parallel 2 also holds one copy of
+the weights, not two. Larger nodes run one rank each and keep their last core for the scheduler
+processes, as vLLM's own ``auto`` binding does (not measured here)."""
 
 
 @dataclass(frozen=True)
