@@ -14,6 +14,12 @@ measured, then each vllm layout: ``default`` (the CPU plan's own choice, what ``
 --device cpu`` runs) or ``ENGINESxTP`` (``--engines ENGINES --tensor-parallel TP``). Printed: prompt
 tokens/s, vllm/hf, max |P_hf(A) - P_vllm(A)|, start-up time and the load average while it ran.
 ``--json`` writes the same numbers.
+
+The ceiling: before the engines of a dtype, a process of its own times ``torch.matmul`` at the
+model's MLP shape (4,096 tokens x hidden @ hidden x 2*intermediate, one layer's gate and up
+projections) on the same cores, one thread per core. Each engine's useful GFLOP/s (linear layers at
+every position, causal attention, the letter columns of the head: tools/bench.py's count) is shown
+against it, so a ratio between engines reads against what the cores can do at all.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 ARENA = REPO / "tests" / "assets" / "arena_hard_sample.parquet"
 WARMUP_TOKENS = 64
+CEILING_TOKENS = 4096
 
 
 def build_sequences(model_dir: Path, rows: int) -> tuple[list[list[int]], tuple[int, int]]:
@@ -90,9 +97,47 @@ def start_engine(args, letters: tuple[int, int], longest: int):
     return engine, engine.describe()
 
 
+def allowed_cores(args) -> list[int]:
+    """The cores the engines use: ``--cpus`` or this process's affinity."""
+    if args.cpus is None:
+        return sorted(os.sched_getaffinity(0))
+    from wsdm_serve.engines.cpu_machine import parse_core_list
+
+    return parse_core_list(args.cpus)
+
+
+def matmul_worker(args) -> None:
+    """Time ``torch.matmul`` at the model's MLP shape on the engines' cores (the ceiling)."""
+    import torch
+
+    config = json.loads((args.model / "config.json").read_text())
+    cores = allowed_cores(args)
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+    dtype = getattr(torch, args.dtype)
+    hidden, width = config["hidden_size"], 2 * config["intermediate_size"]
+    left = torch.randn(CEILING_TOKENS, hidden, dtype=dtype)
+    right = torch.randn(hidden, width, dtype=dtype)
+    for _ in range(3):
+        torch.matmul(left, right)
+    reps, began = 10, time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(left, right)
+    seconds = (time.perf_counter() - began) / reps
+    result = {
+        "description": f"{CEILING_TOKENS}x{hidden} @ {hidden}x{width} {args.dtype}, {len(cores)} threads",
+        "gflops": 2 * CEILING_TOKENS * hidden * width / seconds / 1e9,
+    }
+    Path(args.out + ".json").write_text(json.dumps(result))
+
+
 def worker(args) -> None:
     """Measure one engine (in its own process) and save its scores and times."""
     import numpy as np
+
+    if args.worker == "matmul":
+        matmul_worker(args)
+        return
 
     data = json.loads(Path(args.sequences).read_text())
     sequences, letters = data["sequences"], tuple(data["letters"])
@@ -141,7 +186,8 @@ def run_worker(args, name: str, dtype: str, layout: str, scratch: Path) -> dict:
         tail = log.read_text().strip().splitlines()[-15:]
         raise SystemExit(f"the {name} engine ({dtype}, {layout}) failed:\n" + "\n".join(tail))
     result = json.loads(Path(str(out) + ".json").read_text())
-    result["logits"] = np.load(str(out) + ".npy")
+    if name != "matmul":
+        result["logits"] = np.load(str(out) + ".npy")
     return result
 
 
@@ -178,12 +224,15 @@ def main() -> None:
         except WsdmError as exc:
             raise SystemExit(f"error: {exc}") from None
         return
+    import bench  # tools/bench.py: the useful-FLOP count shared with the GPU benchmark
     import numpy as np
 
     from wsdm_serve.tta import softmax2
 
     sequences, letters = build_sequences(args.model, args.rows)
     tokens = sum(map(len, sequences))
+    config = json.loads((args.model / "config.json").read_text())
+    gflop = sum(bench.flops_per_row(config, len(sequence)) for sequence in sequences) / 1e9
     print(
         f"{len(sequences)} prompts ({len(sequences) // 2} arena rows, forward and swapped), {tokens} tokens"
     )
@@ -192,24 +241,41 @@ def main() -> None:
         scratch = Path(scratch)
         (scratch / "sequences.json").write_text(json.dumps({"sequences": sequences, "letters": letters}))
         for dtype in args.dtypes.split(","):
+            ceiling = run_worker(args, "matmul", dtype, "matmul", scratch)
+            print(f"{dtype:>9} ceiling {ceiling['gflops']:8.0f} GFLOP/s ({ceiling['description']})")
+            report["runs"].append({"engine": "matmul", "dtype": dtype, **ceiling})
+
+            def of_ceiling(seconds: float, ceiling: dict = ceiling) -> str:
+                return f"{gflop / seconds:.0f} GFLOP/s, {gflop / seconds / ceiling['gflops']:.0%} of ceiling"
+
             hf = run_worker(args, "hf", dtype, "hf", scratch)
             hf_rate = tokens / hf["seconds"]
             print(
-                f"{dtype:>9} hf      {hf_rate:8.0f} tokens/s  (load {_load(hf)}; start {hf['start_seconds']:.0f} s; "
-                f"{hf['description']})"
+                f"{dtype:>9} hf      {hf_rate:8.0f} tokens/s  ({of_ceiling(hf['seconds'])}; load {_load(hf)}; "
+                f"start {hf['start_seconds']:.0f} s; {hf['description']})"
             )
-            report["runs"].append({"engine": "hf", "dtype": dtype, "tokens_per_s": hf_rate, **_plain(hf)})
+            report["runs"].append(
+                {
+                    "engine": "hf",
+                    "dtype": dtype,
+                    "tokens_per_s": hf_rate,
+                    "gflops": gflop / hf["seconds"],
+                    **_plain(hf),
+                }
+            )
             for layout in args.layouts.split(","):
                 vllm = run_worker(args, "vllm", dtype, layout, scratch)
                 rate = tokens / vllm["seconds"]
                 diff = float(np.abs(softmax2(hf["logits"])[:, 0] - softmax2(vllm["logits"])[:, 0]).max())
                 print(
                     f"{dtype:>9} vllm {layout:>7} {rate:8.0f} tokens/s  {rate / hf_rate:5.2f}x hf, max |dP(A)| "
-                    f"{diff:.2e} (load {_load(vllm)}; start {vllm['start_seconds']:.0f} s; {vllm['description']})"
+                    f"{diff:.2e} ({of_ceiling(vllm['seconds'])}; load {_load(vllm)}; "
+                    f"start {vllm['start_seconds']:.0f} s; {vllm['description']})"
                 )
                 report["runs"].append(
                     {"engine": "vllm", "dtype": dtype, "layout": layout, "tokens_per_s": rate,
-                     "ratio_to_hf": rate / hf_rate, "max_abs_diff_p_a": diff, **_plain(vllm)}
+                     "ratio_to_hf": rate / hf_rate, "max_abs_diff_p_a": diff, "gflops": gflop / vllm["seconds"],
+                     **_plain(vllm)}
                 )  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -100,7 +100,7 @@ def automatic_engine(settings: EngineSettings, model: ModelFolder | None) -> Eng
     """``--engine auto``: vllm where it runs, else hf.
 
     vllm runs on GPUs where its CUDA build imports and a GPU is visible; on CPUs where its CPU build
-    is installed and the CPU plan accepts the model and the options (measured 1.35-1.74x the hf
+    is installed and the CPU plan accepts the model and the options (measured 1.28-1.74x the hf
     engine's tokens/s on 2 quiet cores, more on busy ones: docs/benchmarks.md); ``--device cpu``
     keeps it off GPUs, ``--batch-tokens`` or ``--device cuda:N`` (hf options) choose hf.
     """
