@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import ASSETS, PANDALM_LMSYS, PANDALM_TRAIN, TINY_LMSYS, TINY_TRAIN, run_cli
@@ -109,3 +110,54 @@ def test_no_ut_data_skips_pretraining_in_all_and_names_it_in_pretrain(leaky_data
         "to a ut table and run prepare, or train without it: --set finetune.init_from_pretrain=false "
         "--set distill.init_from_pretrain=false (wsdm-train all does this by itself)"
     ]
+
+
+def _pretrain_table(path, pairs: list[tuple[list[int], list[int], int]]):
+    """A pretrain.parquet of (forward ids, swapped ids, label) rows, as `prepare` writes it."""
+    frame = pd.DataFrame(
+        {
+            "row_key": [f"ut:{i}" for i in range(len(pairs))],
+            "label": [label for _, _, label in pairs],
+            "input_ids": [forward for forward, _, _ in pairs],
+            "input_ids_swapped": [swapped for _, swapped, _ in pairs],
+            "label_swapped": [1 - label for _, _, label in pairs],
+        }
+    )
+    frame.to_parquet(path)
+    return path
+
+
+def test_post_pretraining_dev_rows_never_share_a_pair_with_training(tmp_path):
+    """Repeated pairs (the same ids, or the same pair the other way round, even with the opposite
+    label from another annotator) stay on one side; distinct rows split as a plain shuffle."""
+    from wsdm_train.config import PretrainSettings
+    from wsdm_train.training.examples import pair_groups, pretrain_examples
+
+    rows = [([i, 1, 2], [i, 2, 1], i % 2) for i in range(40)]
+    rows += [([i, 1, 2], [i, 2, 1], 1 - i % 2) for i in range(0, 40, 4)]  # the same pair again
+    rows += [([i, 2, 1], [i, 1, 2], i % 2) for i in range(1, 40, 5)]  # the same pair, swapped
+    path = _pretrain_table(tmp_path / "pretrain.parquet", rows)
+    groups = pair_groups(pd.read_parquet(path))
+    assert len(set(groups)) == 40
+    for seed in range(20):
+        train, dev = pretrain_examples(path, PretrainSettings(dev_rows=12, both_orders=False), seed)
+        train_pairs = {groups[int(key.split(":")[1])] for key in train.keys}
+        dev_pairs = {groups[int(key.split(":")[1])] for key in dev.keys}
+        assert not train_pairs & dev_pairs
+        assert 12 <= len(dev.keys) // 2 <= 14  # dev always carries both orders
+        assert len(train.keys) + len(dev.keys) // 2 == len(rows)
+
+    distinct = _pretrain_table(tmp_path / "distinct.parquet", rows[:40])
+    _, dev = pretrain_examples(distinct, PretrainSettings(dev_rows=12, both_orders=False), 3)
+    expected = np.sort(np.random.default_rng(3).permutation(40)[:12])
+    assert [key for key in dev.keys if not key.endswith(":swapped")] == [f"ut:{i}" for i in expected]
+
+
+def test_a_post_pretraining_table_of_one_pair_is_refused(tmp_path):
+    from wsdm_serve.errors import WsdmError
+    from wsdm_train.config import PretrainSettings
+    from wsdm_train.training.examples import pretrain_examples
+
+    path = _pretrain_table(tmp_path / "pretrain.parquet", [([5, 1, 2], [5, 2, 1], 0)] * 3)
+    with pytest.raises(WsdmError, match="every row is the same pair"):
+        pretrain_examples(path, PretrainSettings(dev_rows=1, both_orders=False), 0)

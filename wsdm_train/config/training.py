@@ -76,7 +76,8 @@ class PretrainSettings(StageSettings):
     ``letter_lm``: full-vocabulary next-token CE on the answer letter (the student's recipe);
     ``two_way``: CE over the two letter logits (the teachers'). ``both_orders`` puts a row and its
     swapped copy in the same micro-batch. ``dev_rows`` rows are held out of training for the dev
-    score (the reference sampled its dev rows from the training rows). ``handoff`` is the
+    score, a repeated pair (the same texts, either order) wholly on one side (the reference sampled
+    its dev rows from the training rows). ``handoff`` is the
     checkpoint later stages start from: the reference's post-pretrain folder ended up holding the
     final weights.
     """

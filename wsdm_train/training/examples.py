@@ -58,8 +58,43 @@ def fold_examples(path: Path) -> Examples:
     )
 
 
+def pair_groups(frame: pd.DataFrame) -> np.ndarray:
+    """A group number per row; rows that are the same pair, in either order, share one.
+
+    Rendered prompts are compared: the same normalised prompt and responses give the same token ids,
+    and a pair given the other way round has its forward ids equal to this row's swapped ids.
+    """
+    numbers: dict[bytes, int] = {}
+    groups = np.empty(len(frame), np.int64)
+    for row, (forward, swapped) in enumerate(
+        zip(frame["input_ids"], frame["input_ids_swapped"], strict=True)
+    ):
+        key = min(np.asarray(forward, np.int64).tobytes(), np.asarray(swapped, np.int64).tobytes())
+        groups[row] = numbers.setdefault(key, len(numbers))
+    return groups
+
+
+def split_whole_pairs(groups: np.ndarray, order: np.ndarray, n_dev: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dev and training row numbers: rows taken in ``order``, each with its whole group, until at
+    least ``n_dev`` are held out, so no pair is on both sides. Where every group is one row this is
+    the first ``n_dev`` rows of ``order``."""
+    sizes = np.bincount(groups)
+    held: set[int] = set()
+    count = 0
+    for row in order:
+        if count >= n_dev:
+            break
+        group = int(groups[row])
+        if group not in held:
+            held.add(group)
+            count += int(sizes[group])
+    dev = np.isin(groups, list(held))
+    return np.flatnonzero(dev), np.flatnonzero(~dev)
+
+
 def pretrain_examples(path: Path, settings: PretrainSettings, seed: int) -> tuple[Examples, Examples]:
-    """Train and dev splits of the post-pretraining rows; dev rows are held out of training.
+    """Train and dev splits of the post-pretraining rows; dev rows are held out of training, and a
+    pair that repeats (the same texts, in either order) is wholly on one side.
 
     Both splits carry both orders when ``both_orders`` (a row and its swap are adjacent and stay
     in one micro-batch); the dev score always uses both orders, as the reference's did.
@@ -69,7 +104,9 @@ def pretrain_examples(path: Path, settings: PretrainSettings, seed: int) -> tupl
     if n_dev < 1:
         raise WsdmError(f"{path}: {len(frame)} row(s) are too few to hold out a dev set")
     order = np.random.default_rng(seed).permutation(len(frame))
-    dev_rows, train_rows = np.sort(order[:n_dev]), np.sort(order[n_dev:])
+    dev_rows, train_rows = split_whole_pairs(pair_groups(frame), order, n_dev)
+    if not len(train_rows):
+        raise WsdmError(f"{path}: every row is the same pair; nothing is left to train on beside the dev set")
 
     def build(rows: np.ndarray, both: bool) -> Examples:
         part = frame.iloc[rows]
