@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -40,12 +41,57 @@ def unit_file(index: int) -> str:
     return f"unit-{index:06d}.parquet"
 
 
-def _json_write(path: Path, value: dict) -> None:
+def write_json(path: Path, value: dict) -> None:
+    """``value`` as indented, key-sorted JSON, written atomically."""
     text = json.dumps(value, indent=1, sort_keys=True) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-class WorkDir:
+_Folder = TypeVar("_Folder", bound="LockedFolder")
+
+
+class LockedFolder:
+    """A work folder held by one run (a job's, rank's): created where missing, locked until
+    :meth:`close`. Subclasses set ``path`` and say in :attr:`user` whose folder it is."""
+
+    path: Path | None
+    user = "job"
+    _lock = None
+
+    def _create_and_lock(self) -> list[str]:
+        """Create and lock ``path``; the names it already holds, the lock file aside."""
+        path = self.path
+        assert path is not None
+        if path.exists() and not path.is_dir():
+            raise WsdmError(f"{path}: --work-dir must be a folder, this is a file")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WsdmError(f"{path}: cannot create the work folder ({exc.strerror})") from exc
+        self._lock = lock_folder(path, self.user)
+        return [p.name for p in path.iterdir() if p.name != LOCK]
+
+    def _remove(self, names: list[str]) -> None:
+        """Delete these entries of ``path`` (``--restart`` on a folder known to be this kind's)."""
+        assert self.path is not None
+        for name in names:
+            target = self.path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self._lock.close()
+            self._lock = None
+
+    def __enter__(self: _Folder) -> _Folder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorkDir(LockedFolder):
     """Finished unit scores of one job, on disk under ``path`` or, with ``path=None``, in memory only
     (a Ray job without ``--work-dir`` gathers its units the same way)."""
 
@@ -59,7 +105,6 @@ class WorkDir:
         self.swapped: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         """unit -> (probabilities [k, 2], rows of the unit [k], tokens [k])"""
         self.state = {"spent_seconds": 0.0, "forward_seconds": 0.0, "tta_count": None}
-        self._lock = None
         if self.path is not None:
             self._open(restart)
         self._spent_before = float(self.state["spent_seconds"])
@@ -73,24 +118,15 @@ class WorkDir:
     def _open(self, restart: bool) -> None:
         path = self.path
         assert path is not None
-        if path.exists() and not path.is_dir():
-            raise WsdmError(f"{path}: --work-dir must be a folder, this is a file")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WsdmError(f"{path}: cannot create the work folder ({exc.strerror})") from exc
-        self._take_lock()
+        others = self._create_and_lock()
         has_manifest = (path / MANIFEST).is_file()
-        others = [p.name for p in path.iterdir() if p.name != LOCK]
         if others and not has_manifest:
             raise WsdmError(
                 f"{path}: is not a work folder (it holds {others[0]!r} and no {MANIFEST}); "
                 "give an empty or new folder to --work-dir"
             )
         if has_manifest and restart:
-            for child in others:
-                target = path / child
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            self._remove(others)
             has_manifest = False
         if has_manifest:
             old = self._read_json(MANIFEST)
@@ -104,11 +140,7 @@ class WorkDir:
                 self.state.update(self._read_json(STATE))
             self._load_units()
         else:
-            _json_write(path / MANIFEST, self.manifest)
-
-    def _take_lock(self) -> None:
-        assert self.path is not None
-        self._lock = lock_folder(self.path, "job")
+            write_json(path / MANIFEST, self.manifest)
 
     def _read_json(self, name: str) -> dict:
         assert self.path is not None
@@ -192,19 +224,7 @@ class WorkDir:
         self.state["spent_seconds"] = round(self.spent_seconds(), 3)
         self.state["forward_seconds"] = round(self.forward_seconds(), 3)
         if self.path is not None:
-            _json_write(self.path / STATE, self.state)
-
-    def close(self) -> None:
-        if self._lock is not None:
-            with contextlib.suppress(OSError):
-                self._lock.close()
-            self._lock = None
-
-    def __enter__(self) -> WorkDir:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            write_json(self.path / STATE, self.state)
 
 
 def ensure_not_inside(work_dir: Path | None, *outputs: Path | None) -> None:

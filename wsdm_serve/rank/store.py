@@ -17,41 +17,35 @@ folder, and ``--restart`` empties only a folder that is rank's (or empty).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import WsdmError
 from ..jobs import faults
-from ..jobs.workdir import LOCK, lock_folder
-from ..outputs import atomic_write, write_frame
+from ..jobs.workdir import LockedFolder, write_json
+from ..outputs import write_frame
 from .pairs import JUDGED_COLUMNS
 
 FORMAT = 1
 MARK = "rank.json"
 
 
-def _write_json(path: Path, value: dict) -> None:
-    text = json.dumps(value, indent=1, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 def judge_id(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class JudgementStore:
+class JudgementStore(LockedFolder):
     """Judgements of one judge (``identity``), in memory and, with a ``path``, on disk."""
+
+    user = "rank"
 
     def __init__(self, path: Path | None, identity: dict, *, restart: bool = False) -> None:
         self.path = None if path is None else Path(path)
         self.identity = identity
         self.frames: list[pd.DataFrame] = []
-        self._lock = None
         self._parts = 0
         self.saved = 0
         """Parts saved by this run."""
@@ -66,14 +60,7 @@ class JudgementStore:
     def _open(self, restart: bool) -> None:
         path = self.path
         assert path is not None
-        if path.exists() and not path.is_dir():
-            raise WsdmError(f"{path}: --work-dir must be a folder, this is a file")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WsdmError(f"{path}: cannot create the work folder ({exc.strerror})") from exc
-        self._take_lock()
-        others = [p.name for p in path.iterdir() if p.name != LOCK]
+        others = self._create_and_lock()
         marked = (path / MARK).is_file()
         if others and not marked:
             raise WsdmError(
@@ -83,19 +70,13 @@ class JudgementStore:
         if marked and json.loads((path / MARK).read_text()).get("kind") != "rank":
             raise WsdmError(f"{path}: {MARK} is not rank's; give another --work-dir")
         if marked and restart:
-            for name in others:
-                target = path / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-        _write_json(path / MARK, {"format": FORMAT, "kind": "rank"})
+            self._remove(others)
+        write_json(path / MARK, {"format": FORMAT, "kind": "rank"})
         folder = self.folder
         if (folder / "judge.json").is_file():
             self._load(folder)
         else:
-            _write_json(folder / "judge.json", self.identity)
-
-    def _take_lock(self) -> None:
-        assert self.path is not None
-        self._lock = lock_folder(self.path, "rank")
+            write_json(folder / "judge.json", self.identity)
 
     def _load(self, folder: Path) -> None:
         for file in sorted(folder.glob("part-*.parquet")):
@@ -124,15 +105,3 @@ class JudgementStore:
             write_frame(judged, self.folder / f"part-{self._parts:06d}.parquet")
             self.saved += 1
             faults.after_unit_saved(self.saved)  # tests stop a run here to kill it mid-job
-
-    def close(self) -> None:
-        if self._lock is not None:
-            with contextlib.suppress(OSError):
-                self._lock.close()
-            self._lock = None
-
-    def __enter__(self) -> JudgementStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
