@@ -299,12 +299,7 @@ def report(results: list[dict], args) -> dict:
     saturated = next((level for level in levels if level["clients"] == max(args.levels)), None)
     key = f"{max(args.levels)} clients >= {TARGET_VS_OFFLINE}x offline pairs/s"
     targets = {key: bench._check(saturated and saturated.get("vs_offline"), TARGET_VS_OFFLINE)}
-    print()
-    for name, value in targets.items():
-        print(f"{name:40s} {value}")
-    if failed:
-        print(f"failed measurements: {', '.join(failed)}")
-    return {"targets": targets, "failed": failed}
+    return bench_serve.print_targets(targets, failed)
 
 
 def main() -> None:

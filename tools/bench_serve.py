@@ -77,6 +77,16 @@ def result(record: dict) -> None:
     print("RESULT " + json.dumps(record), flush=True)
 
 
+def print_targets(targets: dict[str, str], failed: list[str]) -> dict:
+    """Print each target's verdict and the measurements that failed; the summary record of both."""
+    print()
+    for key, value in targets.items():
+        print(f"{key:40s} {value}")
+    if failed:
+        print(f"failed measurements: {', '.join(failed)}")
+    return {"targets": targets, "failed": failed}
+
+
 def latency_record(state: str, latencies: list[float]) -> dict:
     """The p50/p99 record of single-request latencies taken in ``state`` (idle or under load)."""
     return {
@@ -468,12 +478,7 @@ def report(results: list[dict], args) -> dict:
         if not parity
         else ("met" if parity["passed"] else "NOT met"),
     }
-    print()
-    for key, value in targets.items():
-        print(f"{key:40s} {value}")
-    if failed:
-        print(f"failed measurements: {', '.join(failed)}")
-    return {"targets": targets, "failed": failed}
+    return print_targets(targets, failed)
 
 
 def main() -> None:
